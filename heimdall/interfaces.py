@@ -1,0 +1,85 @@
+"""
+Every interface heimdall defines, in one place.
+
+Methods are written without C{self}, as zope.interface expects; each
+docstring is the contract an implementation must keep.  Implementations
+are checked with C{verifyObject} in the tests.
+"""
+
+from __future__ import annotations
+
+from zope.interface import Attribute, Interface
+
+
+class IStrategy(Interface):
+    """
+    A load-balancing algorithm: picks one backend per request.
+
+    A strategy only ever sees pool members (L{heimdall.pool.Member}).  It
+    may read their live counters (C{in_flight}, C{ttfb_avg}, ...) and
+    C{backend.weight}, but never changes them: the pool owns them.
+    """
+
+    def rebuild(members):
+        """
+        Replace the set of members this strategy picks from.
+
+        Called by the pool whenever membership, eligibility or weight
+        changes, with every eligible member in a stable order (the order in
+        which they were added).  It must be idempotent: calling it twice
+        with the same members leaves the strategy in a state equivalent to
+        calling it once.  It may precompute (a ring, a heap); it may cost
+        more than C{pick}.
+
+        @param members: a sequence of L{heimdall.pool.Member}.
+        """
+
+    def pick(context, avoid=()):
+        """
+        Choose a member for one request.
+
+        Synchronous and never blocking.  Returns a member of the set passed
+        to the last C{rebuild}.  Prefers one not in C{avoid} (the members
+        that already failed this request, for retries) but returns one in
+        C{avoid} rather than none.  Copes with absent context fields.
+
+        @param context: a L{heimdall.context.RequestContext}.
+        @param avoid: a container of members not to pick if possible.
+        @raise heimdall.errors.NoBackendAvailable: when the set is empty.
+        """
+
+
+class IStrategyFactory(Interface):
+    """
+    Creates strategies of one kind, registered under C{name}.
+    """
+
+    name = Attribute("The name the strategy is registered and configured under (str).")
+    description = Attribute("One line saying when to choose this strategy (str).")
+
+    def create(options, random, clock):
+        """
+        Validate C{options} and build a new strategy.
+
+        @param options: a mapping of option names to values from the
+            config (without C{name}).
+        @param random: a L{random.Random} the strategy must use for any
+            randomness, so that tests can seed it.
+        @param clock: an L{IReactorTime} for any time the strategy reads.
+        @return: an L{IStrategy} provider.
+        @raise heimdall.errors.StrategyOptionError: naming the bad option.
+        """
+
+
+class IResponseObserver(Interface):
+    """
+    Optional second interface of a strategy that wants to react to the
+    response it picked a backend for (sticky cookies).
+    """
+
+    def response_started(context, member, request):
+        """
+        Called once, after the upstream response head was received and
+        before it is written to the client, with the L{IRequest} whose
+        response headers may be changed.
+        """
