@@ -83,3 +83,45 @@ class IResponseObserver(Interface):
         before it is written to the client, with the L{IRequest} whose
         response headers may be changed.
         """
+
+
+class IUpstreamResponseHandler(Interface):
+    """
+    Receives one upstream response from an
+    L{heimdall.upstream.UpstreamConnection}.  Exactly one of
+    C{response_finished} or C{response_failed} is called last, once.
+    """
+
+    def head_received(status, reason, headers, content_length):
+        """
+        The response head arrived (1xx interim responses are skipped).
+
+        @param status: the status code (int).
+        @param reason: the reason phrase (bytes).
+        @param headers: a list of (name, value) byte pairs, as received,
+            hop-by-hop headers included.
+        @param content_length: the body length if the response is framed
+            by Content-Length, 0 if it has no body, else L{None}.
+        """
+
+    def body_received(data):
+        """
+        Some bytes of the response body (already de-chunked).
+        """
+
+    def response_finished():
+        """
+        The response is complete.  The connection may now be reused.
+        """
+
+    def response_failed(kind, detail, response_started):
+        """
+        The exchange failed.
+
+        @param kind: C{"reset"} (the connection closed or broke) or
+            C{"bad_response"} (a framing or syntax error; the connection is
+            already closed).
+        @param detail: a human-readable description (str).
+        @param response_started: whether any byte of the response had
+            arrived, i.e. whether the backend provably processed the request.
+        """

@@ -1,0 +1,432 @@
+"""
+L{BalancerResource}: the reverse proxy resource, and L{ProxyExchange}: one
+client request's trip to a backend and back.
+
+The flow of one request::
+
+    render ─► pick (strategy, avoiding backends that failed this request)
+           ─► lease (pool counters) ─► acquire (pooled upstream connection)
+           ─► send head, stream body ─► head_received ─► body_received…
+           ─► response_finished ─► release connection, release lease, log
+
+Failures, and what the client sees:
+  - no eligible backend: 503;
+  - connect failure: retry on another backend (up to C{retries} times),
+    then 502;
+  - connection closed before any response byte: retried only if the
+    request provably was not processed (an idempotent method, and no body
+    byte sent); else 502;
+  - no response head within C{response_timeout} of sending the request:
+    504;
+  - a malformed response: 502, and that connection is closed;
+  - the client goes away: the upstream connection is aborted, not pooled.
+A request whose response head was already sent to the client cannot get an
+error status any more: its client connection is aborted instead, so that
+the client sees a truncated response rather than a complete-looking one.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from typing import Optional, Sequence
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+from zope.interface import implementer
+
+from heimdall.context import RequestContext
+from heimdall.errors import NoBackendAvailable
+from heimdall.headers import HOP_BY_HOP, connection_tokens, upstream_request_headers
+from heimdall.interfaces import IResponseObserver, IUpstreamResponseHandler
+from heimdall.pool import BackendPool, Outcome
+from heimdall.site import RequestBody
+from heimdall.upstream import UpstreamPool
+
+with warnings.catch_warnings():
+    # twisted.web.proxy imports the deprecated HTTPClient; we use none of it
+    # but ReverseProxyResource, for embedders who expect that type.
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from twisted.web.proxy import ReverseProxyResource
+
+_log = Logger()
+
+# RFC 9110 9.2.2.  Only these may be replayed after the request was sent.
+IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+
+_REASONS = {
+    413: b"Content Too Large",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+}
+
+
+class BalancerResource(ReverseProxyResource):
+    """
+    A reverse proxy over a L{BackendPool}: each request goes to the backend
+    the pool's strategy picks, over a pooled keep-alive connection.
+
+    It is a leaf: mounted at C{/api/} in another resource tree, a request
+    for C{/api/users?id=1} is forwarded as C{/users?id=1} (the mount point
+    is stripped, like nginx's C{proxy_pass http://b/;}); C{path_prefix} is
+    put in front of what remains.
+    """
+
+    isLeaf = True
+
+    def __init__(
+        self,
+        pool: BackendPool,
+        upstream: Optional[UpstreamPool] = None,
+        *,
+        clock: Optional[IReactorTime] = None,
+        retries: int = 2,
+        response_timeout: float = 60.0,
+        max_body_bytes: int = 0,
+        trusted_proxies: Sequence = (),
+        path_prefix: bytes = b"",
+        access_log=None,
+    ) -> None:
+        if clock is None:
+            from twisted.internet import reactor as clock  # type: ignore[no-redef]
+        Resource.__init__(self)
+        # ReverseProxyResource's own attributes, for code that reads them.
+        self.host, self.port, self.path, self.reactor = "", 0, path_prefix, clock
+        self.pool = pool
+        self.upstream = upstream if upstream is not None else UpstreamPool(reactor=clock)
+        self.clock = clock
+        self.retries = retries
+        self.response_timeout = response_timeout
+        self.max_body_bytes = max_body_bytes
+        self.trusted_proxies = tuple(trusted_proxies)
+        self.path_prefix = path_prefix.rstrip(b"/")
+        self.access_log = access_log
+        # A removed backend's connections must never be reused.
+        pool.subscribe(self._pool_changed)
+
+    def _pool_changed(self, event) -> None:
+        if event.kind == "removed" and event.backend_id:
+            self.upstream.forget(event.backend_id)
+
+    def getChild(self, path, request):
+        return self
+
+    def render(self, request):
+        ProxyExchange(self, request).start()
+        return NOT_DONE_YET
+
+
+def _upstream_target(request, prefix: bytes) -> tuple:
+    """
+    The path (raw, as the client sent it, minus the mount point) and query
+    to send upstream.
+    """
+    uri = request.uri
+    path, _, query = uri.partition(b"?")
+    if not path.startswith(b"/"):
+        # Absolute-form (http://host/path) from a client talking to us as
+        # a forward proxy: keep only the path.
+        after_scheme = path.split(b"://", 1)[-1]
+        slash = after_scheme.find(b"/")
+        path = after_scheme[slash:] if slash >= 0 else b"/"
+    consumed = len(request.prepath)
+    if consumed:
+        segments = path.split(b"/")
+        path = b"/" + b"/".join(segments[1 + consumed :])
+    if prefix:
+        path = prefix + path
+    return path, query
+
+
+@implementer(IUpstreamResponseHandler)
+class ProxyExchange:
+    """
+    One client request's round trip.  It owns the lease and the upstream
+    connection for the current attempt and releases both exactly once.
+    """
+
+    def __init__(self, resource: BalancerResource, request) -> None:
+        self.resource = resource
+        self.request = request
+        self.clock = resource.clock
+        self.started_at = self.clock.seconds()
+        self.attempts = 0
+        self.avoid: list = []
+        self.member = None
+        self.lease = None
+        self.conn = None
+        self.timer = None
+        self.sent_at: Optional[float] = None
+        self.ttfb: Optional[float] = None
+        self.status: Optional[int] = None
+        self.bytes_out = 0
+        self.client_gone = False
+        self.done = False
+        self.body: Optional[RequestBody] = None
+
+    # -- start -------------------------------------------------------------
+
+    def start(self) -> None:
+        request = self.request
+        resource = self.resource
+        request.notifyFinish().addErrback(self._client_lost)
+        body = getattr(request, "body", None)
+        if body is not None:
+            request.exchange = self  # for 413 while streaming
+            self.body = body
+        elif getattr(request, "_dispatched", None) is None:
+            # A plain twisted.web Site read the whole body already.
+            length = request.getHeader(b"content-length")
+            chunked = request.getHeader(b"transfer-encoding")
+            limit = resource.max_body_bytes
+            if length is not None or chunked is not None:
+                size = request.content.seek(0, 2)
+                if limit and size > limit:
+                    self._respond_error(413, "request body too large")
+                    return
+                self.body = RequestBody.from_content(request.content)
+        path, query = _upstream_target(request, resource.path_prefix)
+        self.target = path + b"?" + query if query else path
+        self.context = RequestContext.from_request(request, path, query)
+        self.host = request.getHeader(b"host")
+        self.headers = upstream_request_headers(
+            request.requestHeaders.getAllRawHeaders(),
+            self.context.client_address,
+            self.context.secure,
+            request.clientproto,
+            resource.trusted_proxies,
+        )
+        self._attempt()
+
+    def _attempt(self) -> None:
+        pool = self.resource.pool
+        try:
+            member = pool.pick(self.context, self.avoid)
+        except NoBackendAvailable:
+            self._respond_error(503, "no backend available")
+            return
+        self.member = member
+        self.lease = pool.lease(member)
+        self.attempts += 1
+        self.resource.upstream.acquire(member.backend).addCallbacks(
+            self._connected, self._connect_failed
+        )
+
+    def _connect_failed(self, failure) -> None:
+        self.lease.release(Outcome(failure="connect" if not self.client_gone else "client_gone"))
+        if self.client_gone:
+            return
+        _log.info(
+            "connect to {backend} failed: {reason}",
+            backend=self.member.id,
+            reason=failure.getErrorMessage(),
+        )
+        self.avoid.append(self.member)
+        if self.attempts <= self.resource.retries:
+            self._attempt()
+        else:
+            self._respond_error(502, "could not connect to a backend")
+
+    def _connected(self, conn) -> None:
+        if self.client_gone:
+            self.resource.upstream.release(conn)  # fresh and unused
+            self.lease.release(Outcome(failure="client_gone"))
+            return
+        self.conn = conn
+        request = self.request
+        body = self.body
+        if body is None:
+            body_length = None
+        else:
+            body_length = body.length if body.length is not None else -1
+        self.sent_at = self.clock.seconds()
+        conn.send_request(request.method, self.target, self.host, self.headers, body_length, self)
+        if body is None:
+            self._request_sent()
+        else:
+            body.attach(conn, self._request_sent)
+
+    def _request_sent(self) -> None:
+        if self.conn is not None and self.timer is None and self.status is None:
+            self.timer = self.clock.callLater(self.resource.response_timeout, self._timed_out)
+
+    # -- IUpstreamResponseHandler ---------------------------------------------
+
+    def head_received(self, status, reason, headers, content_length) -> None:
+        self._cancel_timer()
+        now = self.clock.seconds()
+        self.ttfb = now - self.sent_at
+        self.status = status
+        request = self.request
+        request.setResponseCode(status, reason)
+        named = connection_tokens(v for n, v in headers if n.lower() == b"connection")
+        grouped: dict = {}
+        for name, value in headers:
+            lower = name.lower()
+            if lower in HOP_BY_HOP or lower in named:
+                continue
+            values = grouped.get(name)
+            if values is None:
+                grouped[name] = [value]
+            else:
+                values.append(value)
+        response_headers = request.responseHeaders
+        for name, values in grouped.items():
+            response_headers.setRawHeaders(name, values)
+        strategy = self.resource.pool.strategy
+        if IResponseObserver.providedBy(strategy):
+            strategy.response_started(self.context, self.member, request)
+        request.registerProducer(self.conn, True)
+
+    def body_received(self, data: bytes) -> None:
+        self.bytes_out += len(data)
+        self.request.write(data)
+
+    def response_finished(self) -> None:
+        conn, self.conn = self.conn, None
+        request = self.request
+        request.unregisterProducer()
+        ttlb = self.clock.seconds() - self.sent_at
+        if self.body is not None:
+            self.body.detach()
+        self.resource.upstream.release(conn)
+        self.lease.release(Outcome(status=self.status, ttfb=self.ttfb, ttlb=ttlb))
+        self._finish(self.status)
+
+    def response_failed(self, kind: str, detail: str, response_started: bool) -> None:
+        self._cancel_timer()
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.abort()
+        if self.body is not None:
+            self.body.detach()
+        if self.client_gone:
+            return
+        if self.status is not None:
+            # Head already forwarded: the client must see a broken response.
+            self.lease.release(Outcome(status=self.status, failure=kind, ttfb=self.ttfb))
+            _log.info(
+                "response from {backend} broke after the head: {detail}",
+                backend=self.member.id,
+                detail=detail,
+            )
+            self._abort_client()
+            return
+        stale = conn is not None and conn.reused and not response_started
+        # A reused connection that the backend had closed is not a backend
+        # failure, just the keep-alive race.
+        self.lease.release(Outcome(failure=None if stale else kind))
+        replayable = (
+            not response_started
+            and self.request.method in IDEMPOTENT_METHODS
+            and (self.body is None or self.body.replayable)
+        )
+        if replayable and self.attempts <= self.resource.retries:
+            if not stale:
+                self.avoid.append(self.member)
+            self._attempt()
+            return
+        _log.info(
+            "{kind} from {backend}: {detail}", kind=kind, backend=self.member.id, detail=detail
+        )
+        self._respond_error(502, "bad response from backend" if kind == "bad_response" else "backend connection failed")
+
+    # -- timeouts, limits and the client going away --------------------------------
+
+    def _timed_out(self) -> None:
+        self.timer = None
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.abort()
+        if self.body is not None:
+            self.body.detach()
+        self.lease.release(Outcome(failure="timeout"))
+        self._respond_error(504, "backend did not answer in time")
+
+    def body_too_large(self) -> None:
+        """
+        The client's streamed body went over the limit.
+        """
+        self._cancel_timer()
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.abort()  # the backend must not take a truncated body as whole
+        if self.lease is not None and not self.lease.released:
+            self.lease.release(Outcome(failure="body_too_large"))
+        if self.status is None:
+            self._respond_error(413, "request body too large")
+        else:
+            self._abort_client()
+
+    def _client_lost(self, failure) -> None:
+        self.client_gone = True
+        self._cancel_timer()
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.abort()
+        if self.body is not None:
+            self.body.detach()
+        if self.lease is not None and not self.lease.released and conn is not None:
+            self.lease.release(Outcome(status=self.status, failure="client_gone"))
+        if not self.done:
+            self.done = True
+            self._log_access(self.status or 499)
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    # -- answering -------------------------------------------------------------------
+
+    def _respond_error(self, code: int, message: str) -> None:
+        if self.client_gone or self.done:
+            return
+        request = self.request
+        if request.startedWriting:
+            self._abort_client()
+            return
+        body = json.dumps({"error": message, "status": code}).encode() + b"\n"
+        request.setResponseCode(code, _REASONS.get(code))
+        request.responseHeaders.setRawHeaders(b"Content-Type", [b"application/json"])
+        request.responseHeaders.setRawHeaders(b"Content-Length", [b"%d" % len(body)])
+        request.write(body)
+        self._finish(code)
+
+    def _finish(self, code: int) -> None:
+        if self.client_gone or self.done:
+            return
+        self.done = True
+        self.request.finish()
+        self._log_access(code)
+
+    def _abort_client(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        request = self.request
+        if request.producer is not None:
+            request.unregisterProducer()
+        request.channel.transport.abortConnection()
+        self._log_access(self.status or 502)
+
+    def _log_access(self, status: int) -> None:
+        access_log = self.resource.access_log
+        if access_log is None:
+            return
+        now = self.clock.seconds()
+        access_log.log(
+            client=self.context.client_address if hasattr(self, "context") else None,
+            method=self.request.method,
+            path=self.request.uri,
+            status=status,
+            backend=self.member.id if self.member is not None else None,
+            upstream_time=(now - self.sent_at) if self.sent_at is not None else None,
+            total_time=now - self.started_at,
+            bytes_out=self.bytes_out,
+            bytes_in=self.body.received if self.body is not None else 0,
+            attempts=self.attempts,
+        )

@@ -1,0 +1,42 @@
+"""
+C{twistd heimdall}: command-line options and the service maker.
+"""
+
+from __future__ import annotations
+
+from twisted.python import usage
+
+from heimdall.errors import ConfigError
+
+
+class Options(usage.Options):
+    synopsis = "[--config PATH] [--listen ENDPOINT] [--manager-listen ENDPOINT]"
+    longdesc = (
+        "Run the heimdall load balancer.  The configuration file is JSON; "
+        "see README.md for every key.  --listen and --manager-listen "
+        "override the file's listen and manager.listen."
+    )
+    optParameters = [
+        ["config", "c", "config.json", "Path of the JSON configuration file."],
+        ["listen", "l", None, "Proxy endpoint, e.g. tcp:8080:interface=127.0.0.1 (overrides the config)."],
+        ["manager-listen", "m", None, "Manager endpoint (overrides the config)."],
+    ]
+
+    def postOptions(self) -> None:
+        from heimdall.config import load_config
+
+        try:
+            config = load_config(self["config"])
+            config = config.with_overrides(
+                listen=self["listen"], manager_listen=self["manager-listen"]
+            )
+        except ConfigError as e:
+            # twistd prints this and exits non-zero: heimdall refuses to start.
+            raise usage.UsageError(f"invalid configuration: {e}") from None
+        self.heimdall_config = config
+
+
+def makeService(options: Options):
+    from heimdall.service import HeimdallService
+
+    return HeimdallService(options.heimdall_config)
