@@ -280,6 +280,9 @@ class ProxyExchange:
         if IResponseObserver.providedBy(strategy):
             strategy.response_started(self.context, self.member, request)
         request.registerProducer(self.conn, True)
+        # Forward the head now, not with the first body bytes: a streaming
+        # response (server-sent events, long polls) must not wait.
+        request.write(b"")
 
     def body_received(self, data: bytes) -> None:
         self.bytes_out += len(data)

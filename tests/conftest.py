@@ -110,7 +110,9 @@ def start_proxy(tracked, reactor):
         site = HeimdallSite(resource, reactor=reactor, **(site_options or {}))
         listening = tracked.listen(site)
         tracked.cleanups.append(upstream.close_all)
-        return ProxyUnderTest(pool, upstream, resource, site, listening.getHost().port)
+        proxy = ProxyUnderTest(pool, upstream, resource, site, listening.getHost().port)
+        proxy.site_protocols = tracked.protocols
+        return proxy
 
     return start
 
