@@ -481,7 +481,7 @@ class UpstreamPool:
         backend_id = conn.backend.id
         if (
             not conn.reusable
-            or self._generations.get(backend_id) != conn.generation
+            or self._generations.get(backend_id, 0) != conn.generation
         ):
             conn.abort()
             return
