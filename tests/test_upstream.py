@@ -176,12 +176,10 @@ def test_pool_reuses_lifo_and_sweeps_idle():
     pool.release(conns[1])
     d = pool.acquire(backend)
     assert d.result is conns[1]  # most recently used first
-    pool.release(conns[1])  # t=6
-    clock.advance(4)  # t=10: the sweep closes conns[0], idle since t=0
+    pool.release(conns[1])  # t=6; sweeps run every idle_timeout/2
+    clock.advance(5)  # t=11: conns[0] was idle 11 s, closed; conns[1] 5 s, kept
     assert pool._idle[backend.id] == [conns[1]]
-    clock.advance(5)  # t=15: conns[1] is 9 s idle, kept
-    assert pool.idle_count() == 1
-    clock.advance(5)  # t=20: 14 s idle, closed; the sweeper stops
+    clock.advance(11)  # conns[1] is past the idle timeout now; the sweeper stops
     assert pool.idle_count() == 0
     assert not clock.getDelayedCalls()
 
