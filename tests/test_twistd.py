@@ -1,0 +1,212 @@
+"""
+heimdall as users run it: `twistd -n heimdall --config FILE` in a real
+process, with spawned demo backends.  Every process these tests start is
+killed at the end, pass or fail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+TWISTD = str(Path(sys.executable).with_name("twistd"))
+
+
+def _free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def _free_base(n):
+    """A base port with n free ports above it (best effort on a shared machine)."""
+    for _ in range(50):
+        base = _free_port()
+        if base + n < 65000 and all(_is_free(base + i) for i in range(n + 2)):
+            return base
+    raise RuntimeError("no free port range")
+
+
+def _is_free(port):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind(("127.0.0.1", port))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"  # a zombie is gone
+    except OSError:
+        return False
+
+
+def _children(pid):
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+class Heimdall:
+    def __init__(self, tmp_path, config):
+        self.config_path = tmp_path / "config.json"
+        self.config_path.write_text(json.dumps(config))
+        self.log_path = tmp_path / "heimdall.log"
+        self.log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [TWISTD, "-n", "--pidfile=", "heimdall", "--config", str(self.config_path)],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+        )
+        self.spawned = []
+
+    def output(self):
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for(self, text, timeout=20):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.output().count(text) and self.proc.poll() is None:
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"{text!r} not seen; output:\n{self.output()}")
+
+    def kill_all(self):
+        pids = [self.proc.pid] + _children(self.proc.pid) + self.spawned
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.wait(timeout=10)
+        self.log.close()
+
+
+@pytest.fixture
+def run_heimdall(tmp_path):
+    started = []
+
+    def run(config):
+        h = Heimdall(tmp_path, config)
+        started.append(h)
+        return h
+
+    yield run
+    for h in started:
+        h.kill_all()
+
+
+def _get(url):
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return r.status, r.headers.get("X-Backend"), r.read()
+
+
+def _config(listen_port, base, spawn=3):
+    return {
+        "listen": f"tcp:{listen_port}:interface=127.0.0.1",
+        "spawn": spawn,
+        "manager": {"listen": f"tcp:{_free_port()}:interface=127.0.0.1", "base_port": base},
+        "access_log": {"enabled": True, "format": "json"},
+    }
+
+
+def _spawned_pids(h, n):
+    h.wait_for("spawned demo backend", timeout=20)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if h.output().count("spawned demo backend") >= n:
+            break
+        time.sleep(0.05)
+    kids = []
+    for pid in _children(h.proc.pid):
+        kids.append(pid)
+    assert len(kids) == n, (kids, h.output())
+    h.spawned = kids
+    return kids
+
+
+def test_spawns_three_backends_round_robin_then_sigterm_leaves_no_orphans(run_heimdall):
+    port, base = _free_port(), _free_base(3)
+    h = run_heimdall(_config(port, base))
+    kids = _spawned_pids(h, 3)
+    seen = [_get(f"http://127.0.0.1:{port}/")[1] for _ in range(6)]
+    assert sorted(set(seen)) == sorted(f"127.0.0.1:{base + i}" for i in range(3))
+    assert all(seen.count(b) == 2 for b in set(seen))
+    # One JSON access-log line per request.
+    lines = [l for l in h.output().splitlines() if '"status":200' in l]
+    assert len(lines) == 6, h.output()
+    record = json.loads(lines[0][lines[0].index("{") :])
+    assert record["method"] == "GET" and record["backend"] in seen
+    h.proc.send_signal(signal.SIGTERM)
+    # twistd shuts down cleanly, then re-raises the signal it got, as Unix
+    # daemons should: the exit status says "terminated by SIGTERM".
+    assert h.proc.wait(timeout=15) == -signal.SIGTERM
+    assert "Server Shut Down." in h.output()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(_alive(k) for k in kids):
+        time.sleep(0.05)
+    assert not any(_alive(k) for k in kids)
+    for i in range(3):
+        assert _is_free(base + i)
+
+
+def test_sigkill_of_heimdall_leaves_no_orphans(run_heimdall):
+    port, base = _free_port(), _free_base(2)
+    h = run_heimdall(_config(port, base, spawn=2))
+    kids = _spawned_pids(h, 2)
+    h.proc.send_signal(signal.SIGKILL)
+    h.proc.wait(timeout=10)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(_alive(k) for k in kids):
+        time.sleep(0.05)
+    assert not any(_alive(k) for k in kids)
+
+
+def test_a_held_port_is_skipped(run_heimdall):
+    port, base = _free_port(), _free_base(3)
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", base))
+    holder.listen(1)
+    try:
+        h = run_heimdall(_config(port, base, spawn=1))
+        _spawned_pids(h, 1)
+        assert _get(f"http://127.0.0.1:{port}/")[1] == f"127.0.0.1:{base + 1}"
+    finally:
+        holder.close()
+
+
+def test_bad_config_refuses_to_start(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"backends": ["http://127.0.0.1:1", "gopher://x:2"]}))
+    result = subprocess.run(
+        [TWISTD, "-n", "--pidfile=", "heimdall", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
+    )
+    assert result.returncode != 0
+    assert "backends[1].url: scheme must be http or https" in result.stdout + result.stderr
