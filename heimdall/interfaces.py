@@ -114,6 +114,12 @@ class IUpstreamResponseHandler(Interface):
         The response is complete.  The connection may now be reused.
         """
 
+    def response_timed_out():
+        """
+        No response head arrived before the deadline set with
+        C{set_deadline}; the connection is already aborted.
+        """
+
     def response_failed(kind, detail, response_started):
         """
         The exchange failed.

@@ -33,6 +33,8 @@ from typing import Optional, Sequence
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.web.http import datetimeToString
+from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
@@ -42,7 +44,7 @@ from heimdall.errors import NoBackendAvailable
 from heimdall.headers import HOP_BY_HOP, connection_tokens, upstream_request_headers
 from heimdall.interfaces import IResponseObserver, IUpstreamResponseHandler
 from heimdall.pool import BackendPool, Outcome
-from heimdall.site import RequestBody
+from heimdall.site import HeimdallRequest, RequestBody
 from heimdall.upstream import UpstreamPool
 
 with warnings.catch_warnings():
@@ -141,6 +143,49 @@ def _upstream_target(request, prefix: bytes) -> tuple:
     return path, query
 
 
+try:
+    from twisted.web.http_headers import _nameEncoder
+
+    _canonical_name = _nameEncoder.encode
+except ImportError:  # pragma: no cover - a future Twisted without it
+    def _canonical_name(name: bytes) -> bytes:
+        return b"-".join(part.capitalize() for part in name.split(b"-"))
+
+
+def response_headers(headers) -> Headers:
+    """
+    The client-side L{Headers} for an upstream response head: hop-by-hop
+    headers (and those named in Connection) removed, order and repeats
+    kept, and a Date added if the backend sent none (RFC 9110 6.6.1).
+
+    Values are stored without Twisted's per-value sanitising: the upstream
+    parser already refused any head with a bare CR or LF, and this runs
+    for every response.
+    """
+    named = None
+    result: dict = {}
+    for name, value in headers:
+        lower = name.lower()
+        if lower in HOP_BY_HOP:
+            if lower == b"connection":
+                named = connection_tokens([value]) | (named or frozenset())
+            continue
+        canonical = _canonical_name(name)
+        values = result.get(canonical)
+        if values is None:
+            result[canonical] = [value]
+        else:
+            values.append(value)
+    if named:
+        for canonical in [c for c in result if c.lower() in named]:
+            del result[canonical]
+    if b"Date" not in result:
+        result[b"Date"] = [datetimeToString()]
+    out = Headers()
+    out._rawHeaders = result
+    return out
+
+
 @implementer(IUpstreamResponseHandler)
 class ProxyExchange:
     """
@@ -158,7 +203,6 @@ class ProxyExchange:
         self.member = None
         self.lease = None
         self.conn = None
-        self.timer = None
         self.sent_at: Optional[float] = None
         self.ttfb: Optional[float] = None
         self.status: Optional[int] = None
@@ -172,12 +216,13 @@ class ProxyExchange:
     def start(self) -> None:
         request = self.request
         resource = self.resource
-        request.notifyFinish().addErrback(self._client_lost)
-        body = getattr(request, "body", None)
-        if body is not None:
-            request.exchange = self  # for 413 while streaming
-            self.body = body
-        elif getattr(request, "_dispatched", None) is None:
+        if isinstance(request, HeimdallRequest):
+            # Tells us of a lost client and of a body over the limit,
+            # without a notifyFinish() Deferred per request.
+            request.exchange = self
+            self.body = request.body
+        else:
+            request.notifyFinish().addErrback(self._client_lost)
             # A plain twisted.web Site read the whole body already.
             length = request.getHeader(b"content-length")
             chunked = request.getHeader(b"transfer-encoding")
@@ -211,9 +256,12 @@ class ProxyExchange:
         self.member = member
         self.lease = pool.lease(member)
         self.attempts += 1
-        self.resource.upstream.acquire(member.backend).addCallbacks(
-            self._connected, self._connect_failed
-        )
+        upstream = self.resource.upstream
+        conn = upstream.take_idle(member.backend)
+        if conn is not None:
+            self._connected(conn)
+        else:
+            upstream.connect(member.backend).addCallbacks(self._connected, self._connect_failed)
 
     def _connect_failed(self, failure) -> None:
         self.lease.release(Outcome(failure="connect" if not self.client_gone else "client_gone"))
@@ -250,32 +298,18 @@ class ProxyExchange:
             body.attach(conn, self._request_sent)
 
     def _request_sent(self) -> None:
-        if self.conn is not None and self.timer is None and self.status is None:
-            self.timer = self.clock.callLater(self.resource.response_timeout, self._timed_out)
+        if self.conn is not None and self.status is None:
+            self.conn.set_deadline(self.resource.response_timeout)
 
     # -- IUpstreamResponseHandler ---------------------------------------------
 
     def head_received(self, status, reason, headers, content_length) -> None:
-        self._cancel_timer()
         now = self.clock.seconds()
         self.ttfb = now - self.sent_at
         self.status = status
         request = self.request
         request.setResponseCode(status, reason)
-        named = connection_tokens(v for n, v in headers if n.lower() == b"connection")
-        grouped: dict = {}
-        for name, value in headers:
-            lower = name.lower()
-            if lower in HOP_BY_HOP or lower in named:
-                continue
-            values = grouped.get(name)
-            if values is None:
-                grouped[name] = [value]
-            else:
-                values.append(value)
-        response_headers = request.responseHeaders
-        for name, values in grouped.items():
-            response_headers.setRawHeaders(name, values)
+        request.responseHeaders = response_headers(headers)
         strategy = self.resource.pool.strategy
         if IResponseObserver.providedBy(strategy):
             strategy.response_started(self.context, self.member, request)
@@ -300,7 +334,6 @@ class ProxyExchange:
         self._finish(self.status)
 
     def response_failed(self, kind: str, detail: str, response_started: bool) -> None:
-        self._cancel_timer()
         conn, self.conn = self.conn, None
         if conn is not None:
             conn.abort()
@@ -339,11 +372,8 @@ class ProxyExchange:
 
     # -- timeouts, limits and the client going away --------------------------------
 
-    def _timed_out(self) -> None:
-        self.timer = None
-        conn, self.conn = self.conn, None
-        if conn is not None:
-            conn.abort()
+    def response_timed_out(self) -> None:
+        self.conn = None  # already aborted
         if self.body is not None:
             self.body.detach()
         self.lease.release(Outcome(failure="timeout"))
@@ -353,7 +383,6 @@ class ProxyExchange:
         """
         The client's streamed body went over the limit.
         """
-        self._cancel_timer()
         conn, self.conn = self.conn, None
         if conn is not None:
             conn.abort()  # the backend must not take a truncated body as whole
@@ -366,7 +395,6 @@ class ProxyExchange:
 
     def _client_lost(self, failure) -> None:
         self.client_gone = True
-        self._cancel_timer()
         conn, self.conn = self.conn, None
         if conn is not None:
             conn.abort()
@@ -377,11 +405,6 @@ class ProxyExchange:
         if not self.done:
             self.done = True
             self._log_access(self.status or 499)
-
-    def _cancel_timer(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
 
     # -- answering -------------------------------------------------------------------
 
@@ -394,6 +417,7 @@ class ProxyExchange:
             return
         body = json.dumps({"error": message, "status": code}).encode() + b"\n"
         request.setResponseCode(code, _REASONS.get(code))
+        request.responseHeaders = Headers({b"Date": [datetimeToString(self.clock.seconds())]})
         request.responseHeaders.setRawHeaders(b"Content-Type", [b"application/json"])
         request.responseHeaders.setRawHeaders(b"Content-Length", [b"%d" % len(body)])
         request.write(body)

@@ -40,6 +40,10 @@ _IDLE, _HEAD, _LENGTH, _CHUNKED, _UNTIL_CLOSE, _DEAD = range(6)
 _SIZE, _DATA, _DATA_END, _TRAILER = range(4)
 
 _NO_BODY_STATUS = frozenset({204, 304})
+_WS = (32, 9)  # space, tab
+# Lengths of Content-Length, Transfer-Encoding and Connection: most header
+# names are rejected as framing headers by their length alone.
+_FRAMING_LENGTHS = frozenset({14, 17, 10})
 
 
 class _BadResponse(Exception):
@@ -95,6 +99,8 @@ class UpstreamConnection(Protocol):
         self._paused = False
         self._lost = False
         self._lost_waiters: List[defer.Deferred] = []
+        self._deadline: Optional[float] = None
+        self._deadline_call = None
 
     # -- IProtocol -------------------------------------------------------------
 
@@ -106,6 +112,7 @@ class UpstreamConnection(Protocol):
 
     def connectionLost(self, reason) -> None:
         self._lost = True
+        self._cancel_deadline()
         state, handler = self._state, self._handler
         self._state = _DEAD
         self._handler = None
@@ -197,8 +204,51 @@ class UpstreamConnection(Protocol):
         """
         self._handler = None
         self._state = _DEAD
+        self._cancel_deadline()
         if self.transport is not None and not self._lost:
             self.transport.abortConnection()
+
+    # -- response deadline ---------------------------------------------------------
+    #
+    # One lazy timer per connection instead of a callLater per request: the
+    # deadline moves with each request, and the timer re-arms itself for the
+    # time left when it fires early.  Keep-alive connections serve many
+    # requests per timeout period, so it rarely fires at all.
+
+    def set_deadline(self, seconds_from_now: float) -> None:
+        """
+        Call the handler's C{response_timed_out()} unless a response head
+        arrives within C{seconds_from_now}.
+        """
+        clock = self._pool.reactor
+        self._deadline = clock.seconds() + seconds_from_now
+        if self._deadline_call is None:
+            self._deadline_call = clock.callLater(seconds_from_now, self._check_deadline)
+
+    def clear_deadline(self) -> None:
+        self._deadline = None
+
+    def _check_deadline(self) -> None:
+        self._deadline_call = None
+        deadline = self._deadline
+        if deadline is None or self._handler is None:
+            return
+        clock = self._pool.reactor
+        left = deadline - clock.seconds()
+        if left > 0:
+            self._deadline_call = clock.callLater(left, self._check_deadline)
+            return
+        self._deadline = None
+        handler = self._handler
+        self.abort()
+        handler.response_timed_out()
+
+    def _cancel_deadline(self) -> None:
+        self._deadline = None
+        if self._deadline_call is not None:
+            if self._deadline_call.active():
+                self._deadline_call.cancel()
+            self._deadline_call = None
 
     def wait_closed(self) -> defer.Deferred:
         if self._lost:
@@ -276,7 +326,13 @@ class UpstreamConnection(Protocol):
         self._buffer = b""
         if end > MAX_RESPONSE_HEAD:
             raise _BadResponse("response head too large")
-        lines = buffer[:end].split(b"\r\n")
+        head = buffer[:end]
+        crlf = head.count(b"\r\n")
+        if head.count(b"\r") != crlf or head.count(b"\n") != crlf:
+            # A bare CR or LF: header values reach the client unsanitised
+            # (see heimdall.proxy), so the head must be clean.
+            raise _BadResponse("bare CR or LF in response head")
+        lines = head.split(b"\r\n")
         rest = buffer[end + 4 :]
 
         status_line = lines[0]
@@ -298,19 +354,21 @@ class UpstreamConnection(Protocol):
         transfer_codings = None
         connection = b""
         for line in lines[1:]:
-            name, sep, value = line.partition(b":")
-            if not sep or not name or name[-1:] in b" \t" or name[:1] in b" \t":
-                # Includes obsolete line folding, which RFC 9112 lets a
-                # client reject.
+            colon = line.find(b":")
+            # No name, or whitespace around it (which includes obsolete line
+            # folding, which RFC 9112 lets a client reject).
+            if colon <= 0 or line[colon - 1] in _WS or line[0] in _WS:
                 raise _BadResponse(f"bad header line {line[:80]!r}")
-            value = value.strip(b" \t")
-            lower = name.lower()
-            if lower == b"content-length":
-                lengths = [value] if lengths is None else lengths + [value]
-            elif lower == b"transfer-encoding":
-                transfer_codings = value if transfer_codings is None else transfer_codings + b"," + value
-            elif lower == b"connection":
-                connection += b"," + value.lower()
+            name = line[:colon]
+            value = line[colon + 1 :].strip(b" \t")
+            if len(name) in _FRAMING_LENGTHS:
+                lower = name.lower()
+                if lower == b"content-length":
+                    lengths = [value] if lengths is None else lengths + [value]
+                elif lower == b"transfer-encoding":
+                    transfer_codings = value if transfer_codings is None else transfer_codings + b"," + value
+                elif lower == b"connection":
+                    connection += b"," + value.lower()
             headers.append((name, value))
 
         if 100 <= status < 200:
@@ -318,6 +376,7 @@ class UpstreamConnection(Protocol):
                 raise _BadResponse("unexpected 101 Switching Protocols")
             return rest  # interim response: the real head follows
 
+        self._deadline = None  # a final response head arrived in time
         tokens = {t.strip() for t in connection.split(b",")}
         keep_alive = (b"keep-alive" in tokens) if http10 else (b"close" not in tokens)
 
@@ -449,16 +508,33 @@ class UpstreamPool:
         A connection to C{backend}: idle and reusable if there is one, else
         new.  Fails with the connect error.
         """
+        conn = self.take_idle(backend)
+        if conn is not None:
+            return defer.succeed(conn)
+        return self.connect(backend)
+
+    def take_idle(self, backend: Backend) -> Optional[UpstreamConnection]:
+        """
+        An idle reusable connection to C{backend}, or L{None}: the
+        synchronous fast path of L{acquire}, without a Deferred.
+        """
         idle = self._idle.get(backend.id)
         while idle:
             conn = idle.pop()
             if conn.reusable:
                 conn.reused = True
                 self.reused += 1
-                return defer.succeed(conn)
+                return conn
             conn.abort()
+        return None
+
+    def connect(self, backend: Backend) -> defer.Deferred:
+        """
+        A new connection to C{backend}.
+        """
         generation = self._generations.setdefault(backend.id, 0)
         factory = Factory.forProtocol(lambda: UpstreamConnection(self, backend, generation))
+        factory.noisy = False
         d = self._endpoint(backend).connect(factory)
         self.opened += 1
         self._connecting.add(d)

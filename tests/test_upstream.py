@@ -36,6 +36,9 @@ class Recorder:
     def response_failed(self, kind, detail, response_started):
         self.failed = (kind, response_started)
 
+    def response_timed_out(self):
+        self.failed = ("timeout", False)
+
 
 def _conn():
     pool = UpstreamPool(reactor=Clock())
@@ -135,6 +138,8 @@ def test_close_delimited_body_ends_with_connection():
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0x5\r\nhello\r\n",
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhello\r\n",
         b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX-Injected: a\nSet-Cookie: evil=1\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX-Injected: a\rb\r\nContent-Length: 0\r\n\r\n",
     ],
 )
 def test_malformed_responses_fail_and_close(response):
@@ -194,3 +199,28 @@ def test_forgotten_backend_connections_are_not_reused():
     pool.release(conn)
     assert pool.idle_count() == 0
     assert transport.disconnecting or transport.disconnected
+
+
+def test_response_deadline_is_one_lazy_timer_per_connection():
+    clock = Clock()
+    pool = UpstreamPool(reactor=clock)
+    conn = UpstreamConnection(pool, Backend.from_url("http://127.0.0.1:1"), 0)
+    transport = StringTransport()
+    conn.makeConnection(transport)
+    for i in range(3):
+        recorder = Recorder()
+        conn.send_request(b"GET", b"/", b"h", [], None, recorder)
+        conn.set_deadline(10)
+        clock.advance(4)
+        conn.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        assert recorder.finished
+        assert len(clock.getDelayedCalls()) == 1  # the same timer throughout
+    recorder = Recorder()
+    conn.send_request(b"GET", b"/", b"h", [], None, recorder)
+    conn.set_deadline(10)
+    clock.advance(9.9)
+    assert recorder.failed is None
+    clock.advance(0.2)
+    assert recorder.failed == ("timeout", False)
+    assert transport.disconnecting or transport.disconnected
+    assert not clock.getDelayedCalls()
