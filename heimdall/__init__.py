@@ -1,7 +1,79 @@
 """
 heimdall: a dynamic HTTP load balancer on Twisted.
+
+The public API for embedding heimdall in another Twisted application::
+
+    from heimdall import balancer_resource
+    root.putChild(b"api", balancer_resource(["http://127.0.0.1:8081"], strategy="round_robin"))
+
+Names are imported lazily (PEP 562): C{import heimdall} stays cheap and
+installs no reactor; C{heimdall.BalancerResource} imports
+C{twisted.web.proxy}, which installs the default reactor if none is
+installed yet, so install yours first.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING
+
 __version__ = "0.1.0"
+
+# public name -> module it lives in
+_EXPORTS = {
+    "AdminState": "heimdall.pool",
+    "Backend": "heimdall.pool",
+    "BackendPool": "heimdall.pool",
+    "Health": "heimdall.pool",
+    "Member": "heimdall.pool",
+    "Outcome": "heimdall.pool",
+    "PoolEvent": "heimdall.pool",
+    "is_eligible": "heimdall.pool",
+    "BalancerResource": "heimdall.proxy",
+    "HeimdallSite": "heimdall.site",
+    "UpstreamPool": "heimdall.upstream",
+    "RequestContext": "heimdall.context",
+    "IStrategy": "heimdall.interfaces",
+    "IStrategyFactory": "heimdall.interfaces",
+    "StrategyRegistry": "heimdall.registry",
+    "default_registry": "heimdall.registry",
+    "Config": "heimdall.config",
+    "load_config": "heimdall.config",
+    "parse_config": "heimdall.config",
+    "ConfigError": "heimdall.errors",
+    "NoBackendAvailable": "heimdall.errors",
+    "UnknownStrategy": "heimdall.errors",
+    "StrategyOptionError": "heimdall.errors",
+    "HeimdallService": "heimdall.service",
+    "balancer_resource": "heimdall.embed",
+    "create_strategy": "heimdall.embed",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'heimdall' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from heimdall.config import Config, load_config, parse_config
+    from heimdall.context import RequestContext
+    from heimdall.embed import balancer_resource, create_strategy
+    from heimdall.errors import ConfigError, NoBackendAvailable, StrategyOptionError, UnknownStrategy
+    from heimdall.interfaces import IStrategy, IStrategyFactory
+    from heimdall.pool import AdminState, Backend, BackendPool, Health, Member, Outcome, PoolEvent, is_eligible
+    from heimdall.proxy import BalancerResource
+    from heimdall.registry import StrategyRegistry, default_registry
+    from heimdall.service import HeimdallService
+    from heimdall.site import HeimdallSite
+    from heimdall.upstream import UpstreamPool

@@ -1,0 +1,65 @@
+"""
+Building a balancer in code, without a config file or twistd: what
+L{heimdall.balancer_resource} does for applications that embed heimdall.
+"""
+
+from __future__ import annotations
+
+import random as _random
+from typing import Any, Iterable, Mapping, Optional, Union
+
+from heimdall.pool import Backend, BackendPool
+from heimdall.proxy import BalancerResource
+from heimdall.registry import default_registry
+from heimdall.upstream import UpstreamPool
+
+
+def create_strategy(
+    name: str,
+    options: Optional[Mapping[str, Any]] = None,
+    *,
+    random: Optional[_random.Random] = None,
+    clock=None,
+):
+    """
+    A strategy by its registered name, e.g. C{create_strategy("round_robin")}.
+    @raise heimdall.errors.UnknownStrategy: listing the known names.
+    @raise heimdall.errors.StrategyOptionError: naming a bad option.
+    """
+    return default_registry().create(name, options, random=random, clock=clock)
+
+
+def balancer_resource(
+    backends: Iterable[Union[str, Backend]] = (),
+    strategy: str = "round_robin",
+    strategy_options: Optional[Mapping[str, Any]] = None,
+    *,
+    clock=None,
+    connect_timeout: float = 5.0,
+    idle_timeout: float = 30.0,
+    max_idle_per_backend: int = 256,
+    **resource_options: Any,
+) -> BalancerResource:
+    """
+    A L{BalancerResource} over a new L{BackendPool} of C{backends} (URLs
+    like C{"http://127.0.0.1:8081"} or L{Backend} values), ready to mount
+    anywhere in a resource tree.  Its pool is C{resource.pool} (add and
+    remove backends there at runtime) and its upstream connections are
+    C{resource.upstream} (call C{close_all()} on shutdown).
+
+    C{resource_options} go to L{BalancerResource}: C{retries},
+    C{response_timeout}, C{max_body_bytes}, C{trusted_proxies},
+    C{path_prefix}, C{access_log}.
+    """
+    if clock is None:
+        from twisted.internet import reactor as clock  # type: ignore[no-redef]
+    pool = BackendPool(create_strategy(strategy, strategy_options, clock=clock), clock=clock)
+    for backend in backends:
+        pool.add(Backend.from_url(backend) if isinstance(backend, str) else backend)
+    upstream = UpstreamPool(
+        reactor=clock,
+        connect_timeout=connect_timeout,
+        idle_timeout=idle_timeout,
+        max_idle_per_backend=max_idle_per_backend,
+    )
+    return BalancerResource(pool, upstream, clock=clock, **resource_options)
