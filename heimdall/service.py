@@ -89,6 +89,15 @@ class HeimdallService(service.MultiService):
         self.port = None
         self.ready: defer.Deferred = defer.Deferred()
 
+    def setServiceParent(self, parent):
+        result = super().setServiceParent(parent)
+        # Under twistd the parent is the application, whose logger starts
+        # after this and uses the observer we set here.
+        from heimdall.logconfig import install_on_application
+
+        install_on_application(parent, self.config.log)
+        return result
+
     def startService(self) -> None:
         super().startService()
         endpoint = serverFromString(self.reactor, self.config.listen)

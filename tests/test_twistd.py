@@ -211,3 +211,18 @@ def test_bad_config_refuses_to_start(tmp_path):
     )
     assert result.returncode != 0
     assert "backends[1].url: scheme must be http or https" in result.stdout + result.stderr
+
+
+def test_log_section_json_to_a_file(run_heimdall, tmp_path):
+    port = _free_port()
+    log_file = tmp_path / "heimdall.jsonl"
+    config = _config(port, _free_base(1), spawn=0)
+    config["log"] = {"format": "json", "path": str(log_file), "level": "info"}
+    h = run_heimdall(config)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if log_file.exists() and "heimdall proxy listening" in log_file.read_text():
+            break
+        time.sleep(0.05)
+    events = [json.loads(line) for line in log_file.read_text().splitlines()]
+    assert any(e.get("log_namespace") == "heimdall.service" for e in events)
