@@ -6,7 +6,7 @@ PIP     = $(PY) -m pip --disable-pip-version-check -q
 CONFIG ?= config.json
 STAMP   = $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test install bench clean
+.PHONY: run test install bench bench-pypy clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -27,3 +27,24 @@ test: install
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info
+
+# Side-by-side benchmark with nginx, HAProxy, Caddy and the Python baselines
+# (../shared/bench; it installs what it needs).  Results: benchmarks/results/.
+BENCH ?= ../shared/bench/run.sh
+BENCH_ARGS ?= --all
+bench: install
+	$(BENCH) $(BENCH_ARGS) --lb-cmd "$(CURDIR)/benchmarks/heimdall-lb.sh" --lb-name heimdall --out benchmarks/results/$(shell date +%Y%m%d-%H%M%S)-cpython
+
+# The same on PyPy: Debian's pypy3 is Python 3.9, where Twisted 26.4 is the
+# newest release; only the proxy's own dependencies are installed there
+# (treq's TLS stack needs a Rust build that PyPI does not ship for PyPy 3.9).
+PYPY_VENV = .venv-pypy
+$(PYPY_VENV)/bin/python:
+	command -v pypy3 >/dev/null || (apt-get update -q && apt-get install -y -q pypy3 pypy3-venv)
+	pypy3 -m venv $(PYPY_VENV)
+	$(PYPY_VENV)/bin/python -m pip -q install 'twisted==26.4.0' attrs zope.interface
+	$(PYPY_VENV)/bin/python -m pip -q install --no-deps -e .
+	$(PYPY_VENV)/bin/python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
+
+bench-pypy: $(PYPY_VENV)/bin/python
+	HEIMDALL_PYTHON=$(CURDIR)/$(PYPY_VENV)/bin/python $(BENCH) --lb aiohttp,twisted-stock $(BENCH_PYPY_ARGS) --lb-cmd "$(CURDIR)/benchmarks/heimdall-lb.sh" --lb-name heimdall-pypy --out benchmarks/results/$(shell date +%Y%m%d-%H%M%S)-pypy
