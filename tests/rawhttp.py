@@ -73,7 +73,6 @@ def raw_exchange(reactor, port, data, timeout=5.0):
     """
     Send C{data}, return everything received until the server closes.
     """
-    from twisted.internet import task
 
     client = yield raw_connect(reactor, port)
     client.transport.write(data)

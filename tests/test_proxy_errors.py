@@ -6,23 +6,13 @@ what is retried, and what is never sent twice.
 from __future__ import annotations
 
 import json
-import socket
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, task
+from twisted.internet import task
 
-from heimdall.pool import Backend
-from tests.rawhttp import RawClient, ScriptedBackend, raw_connect, raw_exchange
-
-
-def _refused_port():
-    """A port with nothing listening (bound then closed, so nobody else has it now)."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+from tests.netutil import free_port
+from tests.rawhttp import ScriptedBackend, raw_connect
 
 
 def _sleep(reactor, seconds):
@@ -40,7 +30,7 @@ def test_503_when_no_backend(start_proxy, http):
 @pytest_twisted.inlineCallbacks
 def test_refused_connect_is_retried_on_another_backend(start_backends, start_proxy, http):
     [good] = start_backends(1)
-    dead = _refused_port()
+    dead = free_port()
     proxy = start_proxy([f"http://127.0.0.1:{dead}", f"http://127.0.0.1:{good}"])
     for _ in range(6):
         response = yield http.get(proxy.url + "/")
@@ -54,7 +44,7 @@ def test_refused_connect_is_retried_on_another_backend(start_backends, start_pro
 
 @pytest_twisted.inlineCallbacks
 def test_502_when_every_connect_fails(start_proxy, http):
-    proxy = start_proxy([f"http://127.0.0.1:{_refused_port()}", f"http://127.0.0.1:{_refused_port()}"], retries=1)
+    proxy = start_proxy([f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"], retries=1)
     response = yield http.get(proxy.url + "/")
     assert response.code == 502
     assert json.loads((yield response.content()))["error"] == "could not connect to a backend"

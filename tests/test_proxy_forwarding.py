@@ -8,7 +8,6 @@ import hashlib
 import json
 
 import pytest_twisted
-from twisted.internet import defer
 
 from heimdall.backend import expected_bytes
 from tests.rawhttp import ScriptedBackend, raw_exchange

@@ -18,48 +18,23 @@ from pathlib import Path
 
 import pytest
 
+from heimdall.spawner import is_port_free
+from tests.netutil import alive, free_port
+
 TWISTD = str(Path(sys.executable).with_name("twistd"))
-
-
-def _free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def _free_base(n):
     """A base port with n free ports above it (best effort on a shared machine)."""
     for _ in range(50):
-        base = _free_port()
+        base = free_port()
         if base + n < 65000 and all(_is_free(base + i) for i in range(n + 2)):
             return base
     raise RuntimeError("no free port range")
 
 
 def _is_free(port):
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        s.bind(("127.0.0.1", port))
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
-
-
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"  # a zombie is gone
-    except OSError:
-        return False
+    return is_port_free("127.0.0.1", port)
 
 
 def _children(pid):
@@ -128,7 +103,7 @@ def _config(listen_port, base, spawn=3):
     return {
         "listen": f"tcp:{listen_port}:interface=127.0.0.1",
         "spawn": spawn,
-        "manager": {"listen": f"tcp:{_free_port()}:interface=127.0.0.1", "base_port": base},
+        "manager": {"listen": f"tcp:{free_port()}:interface=127.0.0.1", "base_port": base},
         "access_log": {"enabled": True, "format": "json"},
     }
 
@@ -149,7 +124,7 @@ def _spawned_pids(h, n):
 
 
 def test_spawns_three_backends_round_robin_then_sigterm_leaves_no_orphans(run_heimdall):
-    port, base = _free_port(), _free_base(3)
+    port, base = free_port(), _free_base(3)
     h = run_heimdall(_config(port, base))
     kids = _spawned_pids(h, 3)
     seen = [_get(f"http://127.0.0.1:{port}/")[1] for _ in range(6)]
@@ -167,27 +142,27 @@ def test_spawns_three_backends_round_robin_then_sigterm_leaves_no_orphans(run_he
     # Each spawned backend was stopped by heimdall, not left to die.
     assert h.output().count("exited with status 0") == 3, h.output()
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and any(_alive(k) for k in kids):
+    while time.monotonic() < deadline and any(alive(k) for k in kids):
         time.sleep(0.05)
-    assert not any(_alive(k) for k in kids)
+    assert not any(alive(k) for k in kids)
     for i in range(3):
         assert _is_free(base + i)
 
 
 def test_sigkill_of_heimdall_leaves_no_orphans(run_heimdall):
-    port, base = _free_port(), _free_base(2)
+    port, base = free_port(), _free_base(2)
     h = run_heimdall(_config(port, base, spawn=2))
     kids = _spawned_pids(h, 2)
     h.proc.send_signal(signal.SIGKILL)
     h.proc.wait(timeout=10)
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and any(_alive(k) for k in kids):
+    while time.monotonic() < deadline and any(alive(k) for k in kids):
         time.sleep(0.05)
-    assert not any(_alive(k) for k in kids)
+    assert not any(alive(k) for k in kids)
 
 
 def test_a_held_port_is_skipped(run_heimdall):
-    port, base = _free_port(), _free_base(3)
+    port, base = free_port(), _free_base(3)
     holder = socket.socket()
     holder.bind(("127.0.0.1", base))
     holder.listen(1)
@@ -214,11 +189,11 @@ def test_bad_config_refuses_to_start(tmp_path):
 
 
 def test_log_section_json_to_a_file(run_heimdall, tmp_path):
-    port = _free_port()
+    port = free_port()
     log_file = tmp_path / "heimdall.jsonl"
     config = _config(port, _free_base(1), spawn=0)
     config["log"] = {"format": "json", "path": str(log_file), "level": "info"}
-    h = run_heimdall(config)
+    run_heimdall(config)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if log_file.exists() and "heimdall proxy listening" in log_file.read_text():
