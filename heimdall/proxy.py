@@ -427,7 +427,10 @@ class ProxyExchange:
         if self.client_gone or self.done:
             return
         self.done = True
-        self.request.finish()
+        request = self.request
+        request.finish()
+        # Break the request <-> exchange cycle so refcounting frees both.
+        request.exchange = None
         self._log_access(code)
 
     def _abort_client(self) -> None:

@@ -7,11 +7,12 @@ does not send its first requests to the same backend.
 
 from __future__ import annotations
 
-from typing import Collection, List
+from typing import Any, Collection, Dict, List
 
 import attrs
 from zope.interface import implementer
 
+from heimdall.errors import NoBackendAvailable
 from heimdall.interfaces import IStrategy
 from heimdall.strategies._base import StrategyFactory, first_not_avoided
 
@@ -19,27 +20,37 @@ from heimdall.strategies._base import StrategyFactory, first_not_avoided
 @implementer(IStrategy)
 @attrs.define(eq=False)
 class RoundRobin:
-    random: object
+    random: Any
     _members: List = attrs.field(factory=list)
+    _index: Dict[Any, int] = attrs.field(factory=dict)
     _next: int = 0
     _started: bool = False
 
     def rebuild(self, members) -> None:
         members = list(members)
+        if members == self._members:
+            return
         if not self._started and members:
             # Random first offset, taken once, so rebuilds do not reshuffle.
             self._next = self.random.randrange(len(members))
             self._started = True
-        elif members and self._members != members:
+        elif members:
             # Keep the position of the next member if it is still there.
-            current = self._members[self._next % len(self._members)] if self._members else None
+            current = self._members[self._next] if self._members else None
             self._next = members.index(current) if current in members else self._next % len(members)
         self._members = members
+        self._index = {member: i for i, member in enumerate(members)}
 
     def pick(self, context, avoid: Collection = ()):
         members = self._members
-        chosen = first_not_avoided(members, self._next, avoid)
-        self._next = (members.index(chosen) + 1) % len(members) if avoid else (self._next + 1) % len(members)
+        if not members:
+            raise NoBackendAvailable("no eligible backend")
+        if avoid:
+            chosen = first_not_avoided(members, self._next, avoid)
+            self._next = (self._index[chosen] + 1) % len(members)
+            return chosen
+        chosen = members[self._next]
+        self._next = (self._next + 1) % len(members)
         return chosen
 
 
