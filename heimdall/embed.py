@@ -35,6 +35,7 @@ def balancer_resource(
     strategy_options: Optional[Mapping[str, Any]] = None,
     *,
     clock=None,
+    random: Optional[_random.Random] = None,
     connect_timeout: float = 5.0,
     idle_timeout: float = 30.0,
     max_idle_per_backend: int = 256,
@@ -47,13 +48,16 @@ def balancer_resource(
     remove backends there at runtime) and its upstream connections are
     C{resource.upstream} (call C{close_all()} on shutdown).
 
-    C{resource_options} go to L{BalancerResource}: C{retries},
+    C{random} is the strategy's source of randomness (seed one for
+    repeatable picks).  C{resource_options} go to L{BalancerResource}: C{retries},
     C{response_timeout}, C{max_body_bytes}, C{trusted_proxies},
     C{path_prefix}, C{access_log}.
     """
     if clock is None:
         from twisted.internet import reactor as clock  # type: ignore[no-redef]
-    pool = BackendPool(create_strategy(strategy, strategy_options, clock=clock), clock=clock)
+    pool = BackendPool(
+        create_strategy(strategy, strategy_options, random=random, clock=clock), clock=clock
+    )
     for backend in backends:
         pool.add(Backend.from_url(backend) if isinstance(backend, str) else backend)
     upstream = UpstreamPool(

@@ -488,8 +488,9 @@ class UpstreamPool:
     idle_timeout: float = 30.0
     max_idle_per_backend: int = 256
     tls_trust_root: object = None
-    opened: int = 0
-    reused: int = 0
+    opened: int = 0  # connections established
+    reused: int = 0  # requests sent on a pooled connection
+    connect_failures: int = 0
     _idle: Dict[str, List[UpstreamConnection]] = attrs.field(factory=dict)
     _endpoints: Dict[str, object] = attrs.field(factory=dict)
     _generations: Dict[str, int] = attrs.field(factory=dict)
@@ -536,16 +537,17 @@ class UpstreamPool:
         factory = Factory.forProtocol(lambda: UpstreamConnection(self, backend, generation))
         factory.noisy = False
         d = self._endpoint(backend).connect(factory)
-        self.opened += 1
         self._connecting.add(d)
 
         def connected(conn):
             self._connecting.discard(d)
             self._connections.add(conn)
+            self.opened += 1
             return conn
 
         def failed(f):
             self._connecting.discard(d)
+            self.connect_failures += 1
             return f
 
         return d.addCallbacks(connected, failed)
