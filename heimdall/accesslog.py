@@ -94,6 +94,25 @@ class AccessLog:
     def log(self, **fields) -> None:
         self._logger.info("access", **fields)
 
+    def observe(self, record) -> None:
+        """
+        A request observer for L{heimdall.proxy.BalancerResource}: logs a
+        L{heimdall.proxy.RequestRecord}.
+        """
+        self._logger.info(
+            "access",
+            client=record.client,
+            method=record.method,
+            path=record.path,
+            status=record.status,
+            backend=record.backend,
+            upstream_time=record.upstream_time,
+            total_time=record.total_time,
+            bytes_in=record.bytes_in,
+            bytes_out=record.bytes_out,
+            attempts=record.attempts,
+        )
+
     def close(self) -> None:
         if self.stream not in (sys.stdout, sys.stderr):
             self.stream.close()

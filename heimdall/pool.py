@@ -226,6 +226,7 @@ class BackendPool:
     ewma_alpha: float = 0.3
     _members: Dict[str, Member] = attrs.field(init=False, factory=dict)
     _subscribers: List[Callable[[PoolEvent], None]] = attrs.field(init=False, factory=list)
+    _outcome_subscribers: List[Callable[[Member, Outcome], None]] = attrs.field(init=False, factory=list)
     _eligible: List[Member] = attrs.field(init=False, factory=list)
 
     def __attrs_post_init__(self) -> None:
@@ -310,6 +311,16 @@ class BackendPool:
         self._subscribers.append(subscriber)
         return lambda: self._subscribers.remove(subscriber)
 
+    def subscribe_outcomes(self, subscriber: Callable[[Member, Outcome], None]) -> Callable[[], None]:
+        """
+        Call C{subscriber(member, outcome)} for every released lease: each
+        attempt's result, as passive health checks and metrics need it.
+        Runs on the data path: it must be cheap and must not raise (what it
+        raises is logged).  Returns a function that unsubscribes.
+        """
+        self._outcome_subscribers.append(subscriber)
+        return lambda: self._outcome_subscribers.remove(subscriber)
+
     def _emit(self, event: PoolEvent) -> None:
         for subscriber in list(self._subscribers):
             try:
@@ -364,3 +375,8 @@ class BackendPool:
                 if member.ttlb_avg is None
                 else member.ttlb_avg + alpha * (outcome.ttlb - member.ttlb_avg)
             )
+        for subscriber in self._outcome_subscribers:
+            try:
+                subscriber(member, outcome)
+            except Exception:
+                _log.failure("outcome subscriber {subscriber!r} failed", subscriber=subscriber)

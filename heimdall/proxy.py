@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import json
 import warnings
+
+import attrs
 from typing import Optional, Sequence
 
 from twisted.internet.interfaces import IReactorTime
@@ -91,6 +93,7 @@ class BalancerResource(ReverseProxyResource):
         trusted_proxies: Sequence = (),
         path_prefix: bytes = b"",
         access_log=None,
+        request_observers: Sequence = (),
     ) -> None:
         if clock is None:
             from twisted.internet import reactor as clock  # type: ignore[no-redef]
@@ -105,7 +108,11 @@ class BalancerResource(ReverseProxyResource):
         self.max_body_bytes = max_body_bytes
         self.trusted_proxies = tuple(trusted_proxies)
         self.path_prefix = path_prefix.rstrip(b"/")
-        self.access_log = access_log
+        # Called with a RequestRecord once per client request (the access
+        # log, metrics, ...).  An observer must not raise or block.
+        self.request_observers = list(request_observers)
+        if access_log is not None:
+            self.request_observers.append(access_log.observe)
         # A removed backend's connections must never be reused.
         pool.subscribe(self._pool_changed)
 
@@ -119,6 +126,34 @@ class BalancerResource(ReverseProxyResource):
     def render(self, request):
         ProxyExchange(self, request).start()
         return NOT_DONE_YET
+
+
+@attrs.frozen
+class RequestRecord:
+    """
+    How one client request went, for the access log and metrics.
+
+    @ivar status: the status the client got (499: the client went away
+        before an answer).
+    @ivar backend: the id of the last backend tried, if any.
+    @ivar upstream_time: seconds from the last upstream request being sent
+        to its end; L{None} if none was sent.
+    @ivar total_time: seconds from the request reaching heimdall to its end.
+    @ivar attempts: how many backends were tried (retries are attempts - 1).
+    @ivar ttfb: seconds to the upstream response head, if one came.
+    """
+
+    client: Optional[str]
+    method: bytes
+    path: bytes
+    status: int
+    backend: Optional[str]
+    upstream_time: Optional[float]
+    total_time: float
+    bytes_in: int
+    bytes_out: int
+    attempts: int
+    ttfb: Optional[float] = None
 
 
 def _upstream_target(request, prefix: bytes) -> tuple:
@@ -444,19 +479,26 @@ class ProxyExchange:
         self._log_access(self.status or 502)
 
     def _log_access(self, status: int) -> None:
-        access_log = self.resource.access_log
-        if access_log is None:
+        observers = self.resource.request_observers
+        if not observers:
             return
         now = self.clock.seconds()
-        access_log.log(
-            client=self.context.client_address if hasattr(self, "context") else None,
+        context = getattr(self, "context", None)
+        record = RequestRecord(
+            client=context.client_address if context is not None else None,
             method=self.request.method,
             path=self.request.uri,
             status=status,
             backend=self.member.id if self.member is not None else None,
             upstream_time=(now - self.sent_at) if self.sent_at is not None else None,
             total_time=now - self.started_at,
-            bytes_out=self.bytes_out,
             bytes_in=self.body.received if self.body is not None else 0,
+            bytes_out=self.bytes_out,
             attempts=self.attempts,
+            ttfb=self.ttfb,
         )
+        for observer in observers:
+            try:
+                observer(record)
+            except Exception:
+                _log.failure("request observer {observer!r} failed", observer=observer)

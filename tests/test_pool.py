@@ -129,3 +129,16 @@ def test_duplicate_add_and_removed_member_flag():
         pool.add(member.backend)
     pool.remove(member.id)
     assert member.removed and not is_eligible(member)
+
+
+def test_outcome_subscribers_see_every_release():
+    pool, _ = _pool(1)
+    [member] = pool.members()
+    seen = []
+    unsubscribe = pool.subscribe_outcomes(lambda m, o: seen.append((m, o.failure)))
+    pool.subscribe_outcomes(lambda m, o: 1 / 0)  # logged, not raised
+    pool.lease(member).release(Outcome(status=200))
+    pool.lease(member).release(Outcome(failure="connect"))
+    unsubscribe()
+    pool.lease(member).release(Outcome(status=200))
+    assert seen == [(member, None), (member, "connect")]
