@@ -59,6 +59,7 @@ _log = Logger()
 
 # RFC 9110 9.2.2.  Only these may be replayed after the request was sent.
 IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+RETRY_ON_CHOICES = frozenset({"5xx", "timeout"})
 
 _REASONS = {
     413: b"Content Too Large",
@@ -94,6 +95,8 @@ class BalancerResource(ReverseProxyResource):
         path_prefix: bytes = b"",
         access_log=None,
         request_observers: Sequence = (),
+        retry_on: Sequence[str] = (),
+        retry_budget=None,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor as clock  # type: ignore[no-redef]
@@ -104,6 +107,15 @@ class BalancerResource(ReverseProxyResource):
         self.upstream = upstream if upstream is not None else UpstreamPool(reactor=clock)
         self.clock = clock
         self.retries = retries
+        # Opt-in retries of answered requests, for idempotent methods only:
+        # "5xx" (a 5xx response head) and "timeout" (no head in time).
+        unknown = set(retry_on) - RETRY_ON_CHOICES
+        if unknown:
+            raise ValueError(f"unknown retry_on value(s): {', '.join(sorted(unknown))}")
+        self.retry_on = frozenset(retry_on)
+        # Limits retries to a share of live requests during an outage (see
+        # heimdall.retry_budget); None: only `retries` limits them.
+        self.retry_budget = retry_budget
         self.response_timeout = response_timeout
         self.max_body_bytes = max_body_bytes
         self.trusted_proxies = tuple(trusted_proxies)
@@ -141,6 +153,8 @@ class RequestRecord:
     @ivar total_time: seconds from the request reaching heimdall to its end.
     @ivar attempts: how many backends were tried (retries are attempts - 1).
     @ivar ttfb: seconds to the upstream response head, if one came.
+    @ivar retry_reasons: why each retry was made: C{connect}, C{reset},
+        C{stale}, C{bad_response}, C{5xx}, C{timeout}.
     """
 
     client: Optional[str]
@@ -154,6 +168,7 @@ class RequestRecord:
     bytes_out: int
     attempts: int
     ttfb: Optional[float] = None
+    retry_reasons: tuple = ()
 
 
 def _upstream_target(request, prefix: bytes) -> tuple:
@@ -245,6 +260,7 @@ class ProxyExchange:
         self.client_gone = False
         self.done = False
         self.body: Optional[RequestBody] = None
+        self.retry_reasons: list = []
 
     # -- start -------------------------------------------------------------
 
@@ -298,6 +314,32 @@ class ProxyExchange:
         else:
             upstream.connect(member.backend).addCallbacks(self._connected, self._connect_failed)
 
+    def _retry(self, reason: str) -> bool:
+        """
+        Start another attempt if the retry limit and the retry budget allow;
+        whether it did.  The caller has released the failed attempt.
+        """
+        if self.attempts > self.resource.retries:
+            return False
+        budget = self.resource.retry_budget
+        if budget is not None:
+            if not budget.can_retry():
+                _log.info("retry budget exhausted; not retrying after {reason}", reason=reason)
+                return False
+            budget.retry_started()
+        self.retry_reasons.append(reason)
+        self._attempt()
+        return True
+
+    def _replayable_after_answer(self) -> bool:
+        """
+        Whether a request a backend answered (or may have processed) may go
+        to another: idempotent, and no body byte already sent.
+        """
+        return self.request.method in IDEMPOTENT_METHODS and (
+            self.body is None or self.body.replayable
+        )
+
     def _connect_failed(self, failure) -> None:
         self.lease.release(Outcome(failure="connect" if not self.client_gone else "client_gone"))
         if self.client_gone:
@@ -308,9 +350,7 @@ class ProxyExchange:
             reason=failure.getErrorMessage(),
         )
         self.avoid.append(self.member)
-        if self.attempts <= self.resource.retries:
-            self._attempt()
-        else:
+        if not self._retry("connect"):
             self._respond_error(502, "could not connect to a backend")
 
     def _connected(self, conn) -> None:
@@ -341,6 +381,9 @@ class ProxyExchange:
     def head_received(self, status, reason, headers, content_length) -> None:
         now = self.clock.seconds()
         self.ttfb = now - self.sent_at
+        if status >= 500 and "5xx" in self.resource.retry_on and self._replayable_after_answer():
+            if self._retry_answered(status):
+                return
         self.status = status
         request = self.request
         request.setResponseCode(status, reason)
@@ -352,6 +395,24 @@ class ProxyExchange:
         # Forward the head now, not with the first body bytes: a streaming
         # response (server-sent events, long polls) must not wait.
         request.write(b"")
+
+    def _retry_answered(self, status: int) -> bool:
+        """
+        Drop a 5xx answer (its connection, unread body and all) and try
+        another backend, if allowed.
+        """
+        if self.attempts > self.resource.retries:
+            return False
+        budget = self.resource.retry_budget
+        if budget is not None and not budget.can_retry():
+            return False
+        conn, self.conn = self.conn, None
+        conn.abort()
+        if self.body is not None:
+            self.body.detach()
+        self.lease.release(Outcome(status=status, ttfb=self.ttfb))
+        self.avoid.append(self.member)
+        return self._retry("5xx")
 
     def body_received(self, data: bytes) -> None:
         self.bytes_out += len(data)
@@ -395,11 +456,11 @@ class ProxyExchange:
             and self.request.method in IDEMPOTENT_METHODS
             and (self.body is None or self.body.replayable)
         )
-        if replayable and self.attempts <= self.resource.retries:
+        if replayable:
             if not stale:
                 self.avoid.append(self.member)
-            self._attempt()
-            return
+            if self._retry("stale" if stale else kind):
+                return
         _log.info(
             "{kind} from {backend}: {detail}", kind=kind, backend=self.member.id, detail=detail
         )
@@ -412,6 +473,10 @@ class ProxyExchange:
         if self.body is not None:
             self.body.detach()
         self.lease.release(Outcome(failure="timeout"))
+        if "timeout" in self.resource.retry_on and self._replayable_after_answer():
+            self.avoid.append(self.member)
+            if self._retry("timeout"):
+                return
         self._respond_error(504, "backend did not answer in time")
 
     def body_too_large(self) -> None:
@@ -479,6 +544,14 @@ class ProxyExchange:
         self._log_access(self.status or 502)
 
     def _log_access(self, status: int) -> None:
+        """
+        The exchange ended (called once): give back retry-budget slots and
+        tell the request observers.
+        """
+        budget = self.resource.retry_budget
+        if budget is not None:
+            for _ in self.retry_reasons:
+                budget.retry_finished()
         observers = self.resource.request_observers
         if not observers:
             return
@@ -496,6 +569,7 @@ class ProxyExchange:
             bytes_out=self.bytes_out,
             attempts=self.attempts,
             ttfb=self.ttfb,
+            retry_reasons=tuple(self.retry_reasons),
         )
         for observer in observers:
             try:
