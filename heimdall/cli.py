@@ -1,6 +1,7 @@
 """
 The C{heimdall} console script: C{heimdall backend ...} (the demo backend
-server); the balancer itself runs under C{twistd -n heimdall}.
+server), C{heimdall stress ...} (the load generator); the balancer itself
+runs under C{twistd -n heimdall}.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ USAGE = """usage: heimdall COMMAND [ARGS]
 
 commands:
   backend    run a demo backend server (heimdall backend --port 8081)
+  stress     send load and report latency, errors, backends (heimdall stress URL -c 64 -d 10s)
   run        run the balancer (same as: twistd -n heimdall [OPTIONS])
+  ctl        manage a running heimdall's backends (heimdall ctl list)
 
 Run 'heimdall COMMAND --help' for a command's options.
 """
@@ -28,6 +31,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         from heimdall.backend import main as backend_main
 
         return backend_main(rest)
+    if command == "stress":
+        from heimdall.stress.cli import main as stress_main
+
+        return stress_main(rest)
+    if command == "ctl":
+        from heimdall.ctl import main as ctl_main
+
+        return ctl_main(rest)
     if command == "run":
         from twisted.scripts.twistd import run as twistd_run
 

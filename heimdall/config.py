@@ -61,6 +61,7 @@ __all__ = [
     "LimitsConfig",
     "LogConfig",
     "ManagerConfig",
+    "RestartConfig",
     "StrategyConfig",
     "TimeoutsConfig",
     "UpstreamConfig",
@@ -453,6 +454,39 @@ def _check_command(instance, attribute, value) -> None:
         raise ConfigError(attribute.name, 'must contain "{port}" in at least one argument')
 
 
+def _ready_path(value) -> Optional[str]:
+    if value is None or isinstance(value, str) and value.startswith("/") and " " not in value:
+        return None
+    return 'must be a path starting with "/" (like "/health"), or null for a TCP connect'
+
+
+@attrs.frozen
+class RestartConfig:
+    """
+    What the manager does when a server it spawned exits on its own.
+
+    @ivar policy: C{"always"} restarts it, C{"on-failure"} only when it
+        exited with a non-zero status or a signal, C{"never"} leaves it down.
+    @ivar backoff: the delay before the first restart; each further
+        restart in a row waits twice as long as the one before.
+    @ivar max_backoff: the longest delay between two restarts.
+    @ivar max_restarts: restarts in a row after which the manager gives up
+        (the server stays down until removed); 0 means never give up.
+    @ivar reset_after: a server that stayed up this long is healthy again:
+        its next exit starts from C{backoff} and a count of 0.
+    """
+
+    policy: str = attrs.field(default="always", validator=_validator(_one_of("always", "on-failure", "never")))
+    backoff: float = _duration(1.0)
+    max_backoff: float = _duration(30.0)
+    max_restarts: int = attrs.field(default=0, validator=_validator(_integer(0, 1000000)))
+    reset_after: float = _duration(60.0)
+
+    def __attrs_post_init__(self) -> None:
+        if self.max_backoff < self.backoff:
+            raise ConfigError("max_backoff", f"must not be less than backoff ({self.backoff:g} s)")
+
+
 @attrs.frozen
 class ManagerConfig:
     """
@@ -466,6 +500,12 @@ class ManagerConfig:
     @ivar token: a bearer token the manager requires, or L{None}.
     @ivar token_env: the name of an environment variable holding it.
         Only one of the two may be set.
+    @ivar ready_path: a spawned server is ready once C{GET ready_path}
+        answers 2xx; L{None}: once its port accepts a connection.
+    @ivar ready_timeout: how long a spawned server has to become ready.
+    @ivar stop_grace: seconds between SIGTERM and SIGKILL when a spawned
+        server is stopped.
+    @ivar restart: what happens when a spawned server exits on its own.
     """
 
     listen: str = _endpoint_field("tcp:9090:interface=127.0.0.1")
@@ -478,6 +518,10 @@ class ManagerConfig:
     # Kept out of repr so that logging the config does not log the secret.
     token: Optional[str] = attrs.field(default=None, validator=_validator(_optional_text), repr=False)
     token_env: Optional[str] = attrs.field(default=None, validator=_validator(_optional_text))
+    ready_path: Optional[str] = attrs.field(default="/health", validator=_validator(_ready_path))
+    ready_timeout: float = _duration(10.0)
+    stop_grace: float = _duration(5.0, allow_zero=True)
+    restart: RestartConfig = _section(RestartConfig, "a RestartConfig")
 
     def __attrs_post_init__(self) -> None:
         last_port = self.base_port + self.port_range - 1

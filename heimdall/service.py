@@ -1,14 +1,17 @@
 """
 The running balancer: the pool, the proxy site and its listening port, the
-upstream connections and the spawned demo backends, started and stopped in
-the right order as one Twisted service.
+upstream connections, the manager API on its own port, and the spawned
+backends with their supervision, started and stopped in the right order as
+one Twisted service.
 """
 
 from __future__ import annotations
 
+import os
 import random as _random
-from typing import List, Optional
+from typing import Mapping, Optional
 
+import attrs
 from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
@@ -16,13 +19,54 @@ from twisted.logger import Logger
 
 from heimdall.accesslog import AccessLog
 from heimdall.config import Config
+from heimdall.manager import (
+    HttpReadyCheck,
+    ManagerResource,
+    ManagerSite,
+    ServerManager,
+    check_exposure,
+    resolve_token,
+)
 from heimdall.pool import BackendPool
 from heimdall.proxy import BalancerResource
 from heimdall.registry import default_registry
 from heimdall.site import HeimdallSite
+from heimdall.spawner import RestartPolicy
+from heimdall.state import State, StateWriter, load_state, run_in_reactor_threads
 from heimdall.upstream import UpstreamPool
 
 _log = Logger()
+
+
+@attrs.frozen
+class Preflight:
+    """
+    What heimdall checks before it starts, beyond the config file itself.
+
+    @ivar token: the manager's bearer token, or None.
+    @ivar state: the state file's content; None on a first start.
+    @ivar state_path: the state file, as an absolute path.
+    """
+
+    token: Optional[str]
+    state: Optional[State]
+    state_path: str
+
+
+def preflight(config: Config, environ: Optional[Mapping[str, str]] = None) -> Preflight:
+    """
+    Resolve the manager's token, refuse a manager exposed without one, and
+    read the state file.
+
+    @raise heimdall.errors.ConfigError: for the token or the exposure.
+    @raise heimdall.state.StateFileError: naming the state file, if it
+        exists but cannot be read or parsed.
+    """
+    token = resolve_token(config.manager, environ)
+    check_exposure(config.manager, token)
+    # Absolute now: a later change of directory must not move it.
+    path = os.path.abspath(config.manager.state_file)
+    return Preflight(token, load_state(path), path)
 
 
 class HeimdallService(service.MultiService):
@@ -33,20 +77,31 @@ class HeimdallService(service.MultiService):
     spawned backends.
     """
 
-    def __init__(self, config: Config, reactor=None) -> None:
+    def __init__(
+        self, config: Config, reactor=None, checked: Optional[Preflight] = None, exit_on_failure: bool = False
+    ) -> None:
+        """
+        @param checked: the result of L{preflight}, when the caller already
+            ran it (twistd does, to report problems before starting); else
+            it runs here and its errors propagate.
+        @param exit_on_failure: a failed start ends the process with
+            status 1 (twistd); else it stops the reactor if it runs.
+        """
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor as _reactor
 
             reactor = _reactor
+        if checked is None:
+            checked = preflight(config)
         self.config = config
         self.reactor = reactor
+        self.checked = checked
+        self.exit_on_failure = exit_on_failure
         strategy = default_registry().create(
             config.strategy.name, dict(config.strategy.options), _random.Random(), reactor
         )
         self.pool = BackendPool(strategy, clock=reactor)
-        for entry in config.backends:
-            self.pool.add(entry.backend)
         self.upstream = UpstreamPool(
             reactor=reactor,
             connect_timeout=config.timeouts.connect,
@@ -79,14 +134,43 @@ class HeimdallService(service.MultiService):
         )
         from heimdall.spawner import ServerSpawner
 
+        manager_config = config.manager
         self.spawner = ServerSpawner(
             reactor=reactor,
-            host=config.manager.host,
-            base_port=config.manager.base_port,
-            port_range=config.manager.port_range,
-            command=config.manager.command,
+            host=manager_config.host,
+            base_port=manager_config.base_port,
+            port_range=manager_config.port_range,
+            command=manager_config.command,
+            ready_timeout=manager_config.ready_timeout,
+            stop_grace=manager_config.stop_grace,
         )
+        ready_check = (
+            HttpReadyCheck(reactor, path=manager_config.ready_path, timeout=manager_config.ready_timeout)
+            if manager_config.ready_path is not None
+            else None
+        )
+        self.manager = ServerManager(
+            pool=self.pool,
+            spawner=self.spawner,
+            clock=reactor,
+            writer=StateWriter(checked.state_path, run=run_in_reactor_threads(reactor)),
+            drain_timeout=manager_config.drain_timeout,
+            ready_check=ready_check,
+            restart_policy=RestartPolicy.from_config(manager_config.restart),
+            config_backends=config.backends,
+            strategy_name=config.strategy.name,
+            info={
+                "listen": {"proxy": config.listen, "manager": manager_config.listen},
+                "state_file": checked.state_path,
+            },
+        )
+        # config.json's backends with the state file's changes, at once;
+        # managed servers are spawned when the service starts.
+        self._to_restore = self.manager.load(checked.state)
+        self.manager_resource = ManagerResource(self.manager, token=checked.token)
+        self.manager_site = ManagerSite(self.manager_resource, reactor=reactor)
         self.port = None
+        self.manager_port = None
         self.ready: defer.Deferred = defer.Deferred()
 
     def setServiceParent(self, parent):
@@ -103,7 +187,9 @@ class HeimdallService(service.MultiService):
         endpoint = serverFromString(self.reactor, self.config.listen)
         d = endpoint.listen(self.site)
         d.addCallback(self._listening)
-        d.addCallback(lambda _: self._spawn_initial())
+        d.addCallback(lambda _: serverFromString(self.reactor, self.config.manager.listen).listen(self.manager_site))
+        d.addCallback(self._manager_listening)
+        d.addCallback(lambda _: defer.ensureDeferred(self._populate()))
         d.addCallbacks(self.ready.callback, self._start_failed)
 
     def _listening(self, port) -> None:
@@ -116,26 +202,56 @@ class HeimdallService(service.MultiService):
             strategy=self.config.strategy.name,
         )
 
-    @defer.inlineCallbacks
-    def _spawn_initial(self):
-        servers: List = []
-        for _ in range(self.config.spawn):
-            server = yield self.spawner.spawn()
-            member = self.pool.add(_backend_for(server))
-            _log.info("spawned demo backend {url} (pid {pid})", url=server.url, pid=server.pid)
-            servers.append(member)
-        return servers
+    def _manager_listening(self, port) -> None:
+        self.manager_port = port
+        address = port.getHost()
+        _log.info(
+            "heimdall manager listening on {host}:{port}{auth}",
+            host=getattr(address, "host", getattr(address, "name", "?")),
+            port=getattr(address, "port", ""),
+            auth=" (bearer token required)" if self.checked.token is not None else "",
+        )
+
+    async def _populate(self):
+        if self.checked.state is None:
+            # A first start: config.json's demo backends.  Afterwards the
+            # state file lists every spawned server, and they are restored.
+            return await self.manager.spawn_initial(self.config.spawn)
+        records, self._to_restore = self._to_restore, []
+        await self.manager.start_managed(records)
+        return None
 
     def _start_failed(self, failure) -> None:
         _log.failure("heimdall failed to start", failure)
         if not self.ready.called:
             self.ready.errback(failure)
-        if self.reactor.running:
+        if self.exit_on_failure:
+            # Under twistd: stop everything started so far (the spawned
+            # servers), then exit with status 1 rather than run on with
+            # no port, or exit 0 as if all was well.
+            def exit_now() -> None:
+                import sys
+
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(1)
+
+            self.reactor.addSystemEventTrigger("after", "shutdown", exit_now)
+            # startService runs before the reactor does: a port that
+            # cannot be bound fails before there is a reactor to stop.
+            self.reactor.callWhenRunning(self.reactor.stop)
+        elif self.reactor.running:
             self.reactor.stop()
 
     @defer.inlineCallbacks
     def stopService(self):
         yield defer.maybeDeferred(super().stopService)
+        if self.manager_port is not None:
+            yield self.manager_port.stopListening()
+            self.manager_port = None
+        # No change is accepted from here on, supervision ends (no
+        # restart races the stop below) and pending state writes land.
+        yield self.manager.stop()
         if self.port is not None:
             yield self.port.stopListening()
             self.port = None
@@ -143,9 +259,3 @@ class HeimdallService(service.MultiService):
         yield self.spawner.stopService()
         if self.access_log is not None:
             self.access_log.close()
-
-
-def _backend_for(server):
-    from heimdall.pool import Backend
-
-    return Backend.from_url(server.url)

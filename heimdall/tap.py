@@ -33,10 +33,24 @@ class Options(usage.Options):
         except ConfigError as e:
             # twistd prints this and exits non-zero: heimdall refuses to start.
             raise usage.UsageError(f"invalid configuration: {e}") from None
+        from heimdall.service import preflight
+        from heimdall.state import StateFileError
+
+        try:
+            # The manager's token and exposure, and the state file, are
+            # checked here too, so that a problem is one clear line.
+            checked = preflight(config)
+        except ConfigError as e:
+            raise usage.UsageError(f"invalid configuration: {e}") from None
+        except StateFileError as e:
+            raise usage.UsageError(f"cannot start: {e}") from None
         self.heimdall_config = config
+        self.heimdall_preflight = checked
 
 
 def makeService(options: Options):
     from heimdall.service import HeimdallService
 
-    return HeimdallService(options.heimdall_config)
+    return HeimdallService(
+        options.heimdall_config, checked=getattr(options, "heimdall_preflight", None), exit_on_failure=True
+    )

@@ -138,6 +138,7 @@ def test_url_hash_agrees_across_two_heimdall_processes(reactor, start_backends, 
                         "strategy": "url_hash",
                         "backends": [f"http://127.0.0.1:{p}" for p in ports],
                         "access_log": {"enabled": False},
+                        "manager": {"listen": "tcp:0:interface=127.0.0.1"},
                     }
                 )
             )
