@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from heimdall.strategies import (
     first,
-    hash as hash_,
     ip_hash,
     least_connections,
     least_time,
@@ -18,6 +17,7 @@ from heimdall.strategies import (
     url_hash,
     weighted_round_robin,
 )
+from heimdall.strategies import hash as hash_
 
 BUILTIN = [
     round_robin.factory,

@@ -9,8 +9,19 @@ from __future__ import annotations
 import functools
 import ipaddress
 import itertools
+import math
 from bisect import bisect_right
-from typing import Any, Callable, Collection, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import (
+    Any,
+    Callable,
+    Collection,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Tuple,
+    Union,
+)
 
 import attrs
 from zope.interface import implementer
@@ -48,7 +59,9 @@ class Options:
     _raw: Mapping[str, Any]
     _taken: set = attrs.field(factory=set)
 
-    def take(self, name: str, default: Any, check: Callable[[Any], Any] = None, what: str = "") -> Any:
+    def take(
+        self, name: str, default: Any, check: Optional[Callable[[Any], Any]] = None, what: str = ""
+    ) -> Any:
         """
         The value of option C{name} (or C{default}).  C{check(value)}
         returns the value to use or raises L{ValueError}/L{TypeError}, whose
@@ -106,7 +119,7 @@ def check_bool(value: Any) -> bool:
     return value
 
 
-def check_int(low: int, high: int = None) -> Callable[[Any], int]:
+def check_int(low: int, high: Optional[int] = None) -> Callable[[Any], int]:
     def check(value: Any) -> int:
         if not isinstance(value, int) or isinstance(value, bool):
             raise TypeError("must be an integer")
@@ -123,7 +136,7 @@ def check_float(low: float, inclusive: bool = True) -> Callable[[Any], float]:
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise TypeError("must be a number")
         value = float(value)
-        if value != value or value in (float("inf"), float("-inf")):
+        if not math.isfinite(value):
             raise ValueError("must be a finite number")
         if value < low or (not inclusive and value == low):
             raise ValueError(f"must be {'at least' if inclusive else 'above'} {low}, not {value}")
@@ -279,7 +292,7 @@ def lowest_score(
     members: Sequence[Any],
     random: Any,
     avoid: Collection[Any] = (),
-    index: Mapping[Any, int] = None,
+    index: Optional[Mapping[Any, int]] = None,
 ) -> Any:
     """
     The member with the lowest score (C{scores[i]} is C{members[i]}'s),

@@ -13,7 +13,7 @@ room: small while the pool is sized so that only the last members idle.
 
 from __future__ import annotations
 
-from typing import Any, Collection, List
+from typing import Collection, List
 
 import attrs
 from zope.interface import implementer

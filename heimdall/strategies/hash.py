@@ -26,14 +26,14 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 from operator import attrgetter
-from typing import Any, Callable, Collection, List, Optional, Tuple
+from typing import Any, Callable, Collection, Dict, List, Optional, Tuple
 from urllib.parse import unquote_to_bytes
 
 import attrs
 from zope.interface import implementer
 
 from heimdall.errors import NoBackendAvailable, StrategyOptionError
-from heimdall.hashing import DEFAULT_POINTS_PER_WEIGHT, HashRing, PointCache, stable_hash
+from heimdall.hashing import DEFAULT_POINTS_PER_WEIGHT, HashRing, stable_hash
 from heimdall.interfaces import IStrategy
 from heimdall.strategies._base import (
     StrategyFactory,
@@ -66,16 +66,21 @@ class ConsistentHash:
     # (see attach_in_flight_total); else the members are summed.
     in_flight_total: Optional[Callable[[], int]] = None
     _fallback: RoundRobin = attrs.field(init=False)
-    _ring: HashRing = attrs.field(init=False, factory=lambda: HashRing([], []))
-    _cache: PointCache = attrs.field(init=False, factory=PointCache)
+    _ring: HashRing = attrs.field(init=False)
+    # The ring is brought up to date on the next pick, not on every rebuild:
+    # the pool rebuilds once per backend added at start-up.
+    _stale: bool = attrs.field(init=False, default=False)
     _members: List = attrs.field(init=False, factory=list)
     _weights: List[int] = attrs.field(init=False, factory=list)
+    # Weights as of the last rebuild: the ring's, even while a slow start ramps.
+    _weight_of: Dict[Any, int] = attrs.field(init=False, factory=dict)
     _total_weight: int = attrs.field(init=False, default=0)
     # The factor as an exact ratio p/q, so capacities are integer arithmetic.
     _factor: Optional[Tuple[int, int]] = attrs.field(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:
         self._fallback = RoundRobin(self.random)
+        self._ring = HashRing(self.points_per_weight)
         if self.balance_factor is not None:
             self._factor = Fraction(self.balance_factor).as_integer_ratio()
 
@@ -88,6 +93,9 @@ class ConsistentHash:
 
     @property
     def ring(self) -> HashRing:
+        if self._stale:
+            self._ring.update(self._members)
+            self._stale = False
         return self._ring
 
     def rebuild(self, members) -> None:
@@ -95,9 +103,10 @@ class ConsistentHash:
         weights = [m.weight for m in members]
         if members == self._members and weights == self._weights:
             return
-        self._ring = HashRing.build(members, self.points_per_weight, self._cache)
+        self._stale = True
         self._fallback.rebuild(members)
         self._members, self._weights, self._total_weight = members, weights, sum(weights)
+        self._weight_of = dict(zip(members, weights))
 
     def pick(self, context, avoid: Collection = ()):
         if not self._members:
@@ -105,8 +114,9 @@ class ConsistentHash:
         key = self.key(context)
         if not key:
             return self._fallback.pick(context, avoid)
-        start = self._ring.position(stable_hash(key))
-        owner = self._ring.owners[start]
+        ring = self.ring
+        start = ring.position(stable_hash(key))
+        owner = ring.owner_at(start)
         if (not avoid or owner not in avoid) and (self._factor is None or owner.in_flight == 0):
             return owner  # the fast path: an idle owner always has room
         return self._walk(start, avoid)
@@ -132,7 +142,7 @@ class ConsistentHash:
             if fallback is None:
                 fallback = member
         # Every member is avoided or full (only possible with avoid).
-        return fallback if fallback is not None else self._ring.owners[start]
+        return fallback if fallback is not None else self._ring.owner_at(start)
 
     def has_room(self, member: Any, total_in_flight: int) -> bool:
         """
@@ -142,7 +152,7 @@ class ConsistentHash:
         if self._factor is None:
             return True
         p, q = self._factor
-        numerator = p * (total_in_flight + 1) * member.weight
+        numerator = p * (total_in_flight + 1) * self._weight_of.get(member, 1)
         capacity = -(-numerator // (q * self._total_weight))
         return member.in_flight < capacity
 

@@ -12,8 +12,11 @@ ever measure it again.  So while a member gets no traffic its average
 decays toward the mean of the other members, halving the gap every
 C{half_life} seconds since it was last used; the decay is computed at pick
 time from C{member.last_used_at}, so the pool's counters stay the only
-state.  A member with no measurement yet counts as the pool mean.  With no
-measurement at all this is least connections.
+state.  After C{FORGET_AFTER} half-lives the gap is under 0.1% and the old
+measurement is forgotten: the member then ties with a backend exactly as
+fast as the others' mean, and the random tie-break sends it a request even
+when the pool is idle.  A member with no measurement yet counts as the pool
+mean.  With no measurement at all this is least connections.
 
 By default every pick scores every member: exact, but O(n), since the
 averages and counts change outside the strategy (see the benchmark: about
@@ -45,11 +48,13 @@ from heimdall.strategies._base import (
 # count irrelevant; a microsecond keeps it in play.
 _FLOOR = 1e-6
 
+#: After this many half-lives without traffic a measurement is forgotten.
+FORGET_AFTER = 10
+
 #: How long the sampled mode reuses the pool mean, in seconds.
 MEAN_REFRESH = 0.1
 
 _in_flight = attrgetter("in_flight")
-_last_used_at = attrgetter("last_used_at")
 _plus_one = (1).__add__
 
 
@@ -101,6 +106,8 @@ class LeastTime:
             return average
         # Clamped: a sampled pick's cached total may lag the averages.
         target = max((total - average) / (count - 1), 0.0)
+        if now - last >= FORGET_AFTER * self.half_life:
+            return target
         return target + (average - target) * math.exp((last - now) * math.log(2) / self.half_life)
 
     def estimates(self) -> List[Optional[float]]:
@@ -118,32 +125,34 @@ class LeastTime:
         members = self._members
         averages = list(map(self._average, members))
         total, count = self._totals(averages)
-        loads = map(_plus_one, map(_in_flight, members))
         if not count:
+            loads = map(_plus_one, map(_in_flight, members))
             scores = list(map(truediv, loads, self._weights))
             return lowest_score(scores, members, self.random, avoid, self._index)
         now = self.clock.seconds()
         rate = math.log(2) / self.half_life
         mean = total / count
         others = max(count - 1, 1)
+        forget = FORGET_AFTER * self.half_life
         exp = math.exp
-        # One comprehension, no function call per member: this loop is
-        # the whole cost of the pick.
-        scores = [
-            (e if e > _FLOOR else _FLOOR) * load / weight
-            for e, load, weight in (
-                (
-                    mean
-                    if a is None
-                    else a
-                    if last is None or last >= now or count == 1
-                    else (total - a) / others + (a - (total - a) / others) * exp((last - now) * rate),
-                    load,
-                    weight,
-                )
-                for a, last, load, weight in zip(averages, map(_last_used_at, members), loads, self._weights)
-            )
-        ]
+        # estimate() inlined: this loop is the whole cost of the pick.
+        scores = []
+        append = scores.append
+        for member, average, weight in zip(members, averages, self._weights):
+            if average is None:
+                estimate = mean
+            else:
+                last = member.last_used_at
+                if last is None or last >= now or count == 1:
+                    estimate = average
+                elif now - last >= forget:
+                    estimate = (total - average) / others
+                else:
+                    target = (total - average) / others
+                    estimate = target + (average - target) * exp((last - now) * rate)
+            if estimate < _FLOOR:  # not max(): a call per member costs more
+                estimate = _FLOOR
+            append(estimate * (member.in_flight + 1) / weight)
         return lowest_score(scores, members, self.random, avoid, self._index)
 
     def _pick_sampled(self, avoid: Collection) -> Any:

@@ -1,20 +1,27 @@
 """
-Weighted round robin, smooth: earliest deadline first (as Traefik's wrr).
+Weighted round robin, smooth: earliest deadline first, as Traefik's wrr,
+with a phase per member.
 
-Each member's k-th pick of a cycle is due at virtual time k / weight; every
-pick takes the earliest due member (a heap: O(log n)).  Over one cycle of
-sum(weights) picks, a member of weight w is picked exactly w times: its w
-deadlines are the ones at or before 1, and there are exactly sum(weights)
-of those.  Picks are interleaved (weights 5, 1, 1 give a a b a c a a, not
-a a a a a b c), like nginx's smooth WRR, without its O(n) scan.
+Member i's k-th pick of a cycle is due at virtual time (k - 1 + phase_i) /
+weight_i, phase_i in (0, 1); every pick takes the earliest due member (a
+heap: O(log n)).  Over one cycle of sum(weights) picks, a member of weight
+w is picked exactly w times: its w deadlines are the ones before 1, and
+there are exactly sum(weights) of those, whatever the phases.
 
-Deadlines are computed as C{served / weight} rather than accumulated, so
-equal fractions compare equal (ties go to a fixed, randomly rotated rank)
-and the cycle proportions are exact.
+The phases, (rank + 1/2) / n for the members' ranks in a randomly rotated
+order, spread the members' picks over the cycle: with Traefik's phase of 1
+every light member is due at the end of the cycle, together, and a heavy
+member gets long runs.  Here weights 5, 1, 1 give a a a b a a c (nginx's
+smooth WRR gives a a b a c a a) with no O(n) scan per pick.
+
+Deadlines are computed from integers (never accumulated), so equal
+fractions compare equal and the cycle proportions are exact; the cycle
+restarts when every member has had its share, which keeps them small.
 """
 
 from __future__ import annotations
 
+import math
 from heapq import heapify, heappop, heappush, heapreplace
 from typing import Any, Collection, Dict, List, Optional
 
@@ -30,7 +37,12 @@ from heimdall.strategies._base import StrategyFactory
 class _Slot:
     member: Any
     weight: int
-    served: int  # picks in the current cycle
+    served: int = 0  # picks in the current cycle
+    rank: int = 0  # the tie-break; the phase is (2 rank + 1) / scale
+    scale: int = 2
+
+    def deadline(self) -> float:
+        return (self.scale * self.served + 2 * self.rank + 1) / (self.scale * self.weight)
 
 
 @implementer(IStrategy)
@@ -52,24 +64,24 @@ class WeightedRoundRobin:
         if members == self._members and weights == self._weights:
             return
         if self._offset is None and members:
-            # A random rotation of the tie-break order, taken once, so a
-            # fleet started together does not begin on the same backend.
+            # A random rotation of the ranks, taken once, so a fleet
+            # started together does not begin on the same backend.
             self._offset = self.random.randrange(len(members))
-        slots = {}
-        for member, weight in zip(members, weights):
-            slot = self._slots.get(member)
-            if slot is None or slot.weight != weight:
-                # A newcomer (or a new weight) joins at the current virtual
-                # time, so it does not get a burst for the part of the cycle
-                # it missed.
-                slot = _Slot(member, weight, int(self._now * weight))
-            slots[member] = slot
         n = len(members)
-        offset = self._offset or 0
-        self._heap = [
-            ((slots[m].served + 1) / slots[m].weight, (i - offset) % n, slots[m])
-            for i, m in enumerate(members)
-        ]
+        slots = {}
+        for i, (member, weight) in enumerate(zip(members, weights)):
+            slot = self._slots.get(member)
+            fresh = slot is None or slot.weight != weight
+            if fresh:
+                slot = _Slot(member, weight)
+            slot.rank, slot.scale = (i - (self._offset or 0)) % n, 2 * n
+            if fresh:
+                # A newcomer (or a new weight) joins at the current virtual
+                # time: no burst for the part of the cycle it missed.
+                phase = (2 * slot.rank + 1) / slot.scale
+                slot.served = max(0, math.floor(self._now * weight - phase) + 1)
+            slots[member] = slot
+        self._heap = [(s.deadline(), s.rank, s) for s in slots.values()]
         heapify(self._heap)
         self._members, self._weights, self._slots = members, weights, slots
 
@@ -87,7 +99,7 @@ class WeightedRoundRobin:
                 skipped = []
         deadline, rank, slot = heap[0]
         slot.served += 1
-        heapreplace(heap, ((slot.served + 1) / slot.weight, rank, slot))
+        heapreplace(heap, (slot.deadline(), rank, slot))
         for entry in skipped:
             heappush(heap, entry)
         self._now = deadline
@@ -97,10 +109,10 @@ class WeightedRoundRobin:
 
     def _next_cycle(self) -> None:
         # Everyone has had its share of this cycle: start the next one, so
-        # deadlines stay small and their float division stays exact.
-        for entry in self._heap:
-            entry[2].served -= entry[2].weight
-        self._heap = [((s.served + 1) / s.weight, rank, s) for _, rank, s in self._heap]
+        # the numbers stay small and the divisions exact.
+        for _, _, slot in self._heap:
+            slot.served -= slot.weight
+        self._heap = [(s.deadline(), rank, s) for _, rank, s in self._heap]
         heapify(self._heap)
         self._now -= 1.0
 
