@@ -580,3 +580,20 @@ def test_first_fills_backends_in_order():
     assert strategy.pick(RequestContext()) is group[1]
     group[0].in_flight = 0
     assert strategy.pick(RequestContext(), avoid={group[0]}) is group[1]
+
+
+def test_round_robin_offset_is_random_even_when_members_arrive_one_by_one():
+    import random as _random
+
+    from heimdall.context import RequestContext
+    from heimdall.pool import Backend, BackendPool
+    from heimdall.strategies.round_robin import RoundRobin
+    from twisted.internet.task import Clock
+
+    firsts = set()
+    for seed in range(20):
+        pool = BackendPool(RoundRobin(_random.Random(seed)), clock=Clock())
+        for port in (1, 2, 3):
+            pool.add(Backend.from_url(f"http://127.0.0.1:{port}"))
+        firsts.add(pool.pick(RequestContext()).id)
+    assert len(firsts) == 3

@@ -30,11 +30,7 @@ class RoundRobin:
         members = list(members)
         if members == self._members:
             return
-        if not self._started and members:
-            # Random first offset, taken once, so rebuilds do not reshuffle.
-            self._next = self.random.randrange(len(members))
-            self._started = True
-        elif members:
+        if members and self._members:
             # Keep the position of the next member if it is still there.
             current = self._members[self._next] if self._members else None
             self._next = members.index(current) if current in members else self._next % len(members)
@@ -45,6 +41,12 @@ class RoundRobin:
         members = self._members
         if not members:
             raise NoBackendAvailable("no eligible backend")
+        if not self._started:
+            # The random first offset is drawn at the first pick, not the
+            # first rebuild: pools are filled one add at a time, so the
+            # first rebuild usually sees a single member.
+            self._started = True
+            self._next = self.random.randrange(len(members))
         if avoid:
             chosen = first_not_avoided(members, self._next, avoid)
             self._next = (self._index[chosen] + 1) % len(members)
