@@ -131,3 +131,53 @@ class IUpstreamResponseHandler(Interface):
         @param response_started: whether any byte of the response had
             arrived, i.e. whether the backend provably processed the request.
         """
+
+
+class IHealthCheck(Interface):
+    """
+    One kind of active probe (HTTP, TCP connect, ...), run by
+    L{heimdall.health.HealthProber} on its schedule.
+    """
+
+    def check(backend):
+        """
+        Probe C{backend} once.
+
+        @param backend: a L{heimdall.pool.Backend}.
+        @return: a L{Deferred} firing with a L{heimdall.health.ProbeOutcome}
+            (C{ok}, C{detail}); it may also fail, or the call may raise: the
+            prober turns every failure into a failed result, never into an
+            exception that would stop its loop.  It must honour
+            cancellation, which the prober uses for its timeout, by
+            releasing what it holds (closing its connection).  It must not
+            keep state between calls that makes one probe depend on the
+            last (no connection reuse: each probe proves the backend
+            accepts new connections).
+        """
+
+
+class IAlertSink(Interface):
+    """
+    Where alerts go: the log, a webhook, a program.  Fed by
+    L{heimdall.alerts.AlertDispatcher}, never on the data path.
+    """
+
+    name = Attribute("A short description for the log, e.g. the webhook's URL (str).")
+
+    def send(alert):
+        """
+        Deliver one alert, without blocking.
+
+        @param alert: the alert document, a JSON-ready C{dict} (its shape is
+            documented in docs/health.md and L{heimdall.alerts}).
+        @return: L{None}, or a L{Deferred} that fires (never fails) when the
+            delivery is over, with whether it succeeded.  A failed delivery
+            is logged by the sink, never raised.
+        """
+
+    def stop():
+        """
+        Give up deliveries in progress (cancel retries and requests, kill
+        programs); called once at shutdown.  Returns L{None} or a
+        L{Deferred} that fires when they are gone.
+        """

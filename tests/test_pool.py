@@ -142,3 +142,89 @@ def test_outcome_subscribers_see_every_release():
     unsubscribe()
     pool.lease(member).release(Outcome(status=200))
     assert seen == [(member, None), (member, "connect")]
+
+
+# -- operational state written by health checks and outlier detection ---------------
+
+
+def test_ejection_is_separate_from_health_and_admin():
+    pool, clock = _pool(2)
+    a, b = pool.members()
+    events = []
+    pool.subscribe(events.append)
+    assert pool.eject(a.id, until=30.0, reason="1 consecutive connect failures")
+    assert not pool.eject(a.id, until=60.0, reason="again")  # already ejected
+    assert a.ejected and a.health is Health.UNKNOWN and a.admin is AdminState.READY
+    assert not is_eligible(a) and is_eligible(a, panic=True)
+    pool.set_health(a.id, Health.UP, "HTTP 200")
+    assert not is_eligible(a)  # active checks do not overwrite the ejection
+    clock.advance(5)
+    assert pool.uneject(a.id, "ejection time over")
+    assert not pool.uneject(a.id)
+    assert is_eligible(a) and a.ejections_total == 1 and a.ejected_until is None
+    assert [(e.kind, e.detail) for e in events] == [
+        ("ejected", "1 consecutive connect failures"),
+        ("up", "HTTP 200"),
+        ("returned", "ejection time over"),
+    ]
+    assert events[1].previous == "unknown"
+    pool.set_admin(b.id, AdminState.MAINTENANCE)
+    assert not is_eligible(b, panic=True)  # panic never overrides admin state
+
+
+def test_record_check_and_health_report():
+    from heimdall.pool import CheckResult
+
+    pool, clock = _pool(1)
+    [member] = pool.members()
+    pool.record_check(member.id, CheckResult(at=1.0, ok=False, latency=0.25, detail="connect refused"), 0, 2)
+    pool.record_check("127.0.0.1:1", CheckResult(at=1.0, ok=True, latency=0.0), 1, 0)  # unknown: ignored
+    pool.record_passive_failures(member.id, 3)
+    [report] = pool.health_report()
+    assert report["last_check"] == {"at": 1.0, "ok": False, "latency": 0.25, "detail": "connect refused"}
+    assert report["check_failures"] == 2 and report["check_successes"] == 0
+    assert report["passive_failures"] == 3
+    assert report["eligible"] is True and report["health"] == "unknown"
+    import json
+
+    json.dumps(report)  # JSON-ready
+
+
+def test_slow_start_ramps_the_effective_weight_and_rebuilds_in_steps():
+    clock = __import__("twisted.internet.task", fromlist=["Clock"]).Clock()
+    rebuilt = []
+
+    class Recording:
+        def rebuild(self, members):
+            rebuilt.append({m.id: m.weight for m in members})
+
+        def pick(self, context, avoid=()):
+            raise NotImplementedError
+
+    pool = BackendPool(Recording(), clock=clock, slow_start_step=2.0)
+    a = pool.add(Backend.from_url("http://127.0.0.1:9000", weight=100))
+    b = pool.add(Backend.from_url("http://127.0.0.1:9001", weight=100))
+    pool.set_slow_start(a.id, 10.0)
+    assert a.weight == 100 and a.slow_start_began is None  # no ramp until a recovery
+    pool.set_health(a.id, Health.DOWN, "down")
+    pool.set_health(a.id, Health.UP, "up again")
+    assert a.backend.weight == 100 and a.weight == 10  # starts at 10%
+    rebuilt.clear()
+    weights = []
+    for _ in range(6):
+        clock.advance(2.0)
+        weights.append(a.weight)
+    assert weights == [20, 40, 60, 80, 100, 100]
+    assert [r[a.id] for r in rebuilt] == [20, 40, 60, 80, 100]  # one rebuild per step, none when flat
+    assert all(r[b.id] == 100 for r in rebuilt)
+    assert a.slow_start_began is None and clock.getDelayedCalls() == []  # the ramp timer stops
+    # Returning from an ejection ramps too; a runtime addition on request.
+    pool.eject(a.id, until=5.0, reason="x")
+    pool.uneject(a.id, "ejection time over")
+    assert a.weight == 10
+    pool.set_slow_start(b.id, 4.0, begin=True)
+    assert b.weight == 10
+    pool.stop()
+    assert a.weight == 100 and b.weight == 100 and clock.getDelayedCalls() == []
+    pool.set_weight(b.id, 0)
+    assert b.weight == 0
