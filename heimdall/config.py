@@ -454,6 +454,18 @@ def _check_command(instance, attribute, value) -> None:
         raise ConfigError(attribute.name, 'must contain "{port}" in at least one argument')
 
 
+RETRY_ON = ("5xx", "timeout")
+
+
+def _check_retry_on(instance, attribute, value) -> None:
+    if not isinstance(value, tuple):
+        raise ConfigError(attribute.name, 'must be a list of "5xx" and "timeout"')
+    for index, item in enumerate(value):
+        problem = _one_of(*RETRY_ON)(item)
+        if problem:
+            raise ConfigError(f"{attribute.name}[{index}]", problem)
+
+
 def _ready_path(value) -> Optional[str]:
     if value is None or isinstance(value, str) and value.startswith("/") and " " not in value:
         return None
@@ -732,6 +744,7 @@ class Config:
     timeouts: TimeoutsConfig = _section(TimeoutsConfig, "a TimeoutsConfig")
     limits: LimitsConfig = _section(LimitsConfig, "a LimitsConfig")
     retries: int = attrs.field(default=2, validator=_validator(_integer(0, 10)))
+    retry_on: Tuple[str, ...] = attrs.field(default=(), converter=_tuple_from_list, validator=_check_retry_on)
     upstream: UpstreamConfig = _section(UpstreamConfig, "an UpstreamConfig")
     forwarded: ForwardedConfig = _section(ForwardedConfig, "a ForwardedConfig")
     access_log: AccessLogConfig = _section(AccessLogConfig, "an AccessLogConfig")

@@ -267,6 +267,9 @@ class ProxyExchange:
     def start(self) -> None:
         request = self.request
         resource = self.resource
+        budget = resource.retry_budget
+        if budget is not None:
+            budget.request_started()
         if isinstance(request, HeimdallRequest):
             # Tells us of a lost client and of a body over the limit,
             # without a notifyFinish() Deferred per request.
@@ -550,6 +553,7 @@ class ProxyExchange:
         """
         budget = self.resource.retry_budget
         if budget is not None:
+            budget.request_finished()
             for _ in self.retry_reasons:
                 budget.retry_finished()
         observers = self.resource.request_observers

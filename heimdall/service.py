@@ -62,6 +62,11 @@ def preflight(config: Config, environ: Optional[Mapping[str, str]] = None) -> Pr
     @raise heimdall.state.StateFileError: naming the state file, if it
         exists but cannot be read or parsed.
     """
+    from heimdall.health_config import parse_alerts, parse_health
+
+    # The health and alerts sections are validated by their own parsers.
+    parse_health(config.health)
+    parse_alerts(config.alerts)
     token = resolve_token(config.manager, environ)
     check_exposure(config.manager, token)
     # Absolute now: a later change of directory must not move it.
@@ -102,6 +107,11 @@ class HeimdallService(service.MultiService):
             config.strategy.name, dict(config.strategy.options), _random.Random(), reactor
         )
         self.pool = BackendPool(strategy, clock=reactor)
+        from heimdall.health_wiring import build_health
+
+        # Active checks, outlier detection, alerts and the retry budget.
+        self.health = build_health(config.health, config.alerts, self.pool, reactor, reactor)
+        self.health.setServiceParent(self)
         self.upstream = UpstreamPool(
             reactor=reactor,
             connect_timeout=config.timeouts.connect,
@@ -122,6 +132,8 @@ class HeimdallService(service.MultiService):
             max_body_bytes=config.limits.max_body_bytes,
             trusted_proxies=config.forwarded.trusted_proxies,
             access_log=self.access_log,
+            retry_on=config.retry_on,
+            retry_budget=self.health.retry_budget,
         )
         self.site = HeimdallSite(
             self.resource,

@@ -464,7 +464,7 @@ def test_error_messages(data, message):
         (
             {"zzz": 1},
             "zzz: unknown key; known keys: listen, strategy, backends, spawn, manager, timeouts, limits, "
-            "retries, upstream, forwarded, access_log, log, health, alerts",
+            "retries, retry_on, upstream, forwarded, access_log, log, health, alerts",
         ),
         # "$schema" is a comment at the top level only.
         ({"log": {"$schema": "x"}}, "log.$schema: unknown key; known keys: format, path, level"),
@@ -814,3 +814,14 @@ def test_stored_json_objects_are_plain(tmp_path):
 def test_public_names():
     for name in config_module.__all__:
         assert hasattr(config_module, name), name
+
+
+def test_retry_on():
+    assert parse_config({"retry_on": ["5xx", "timeout"]}).retry_on == ("5xx", "timeout")
+    for value, message in [
+        ("5xx", 'retry_on: must be a list of "5xx" and "timeout"'),
+        (["5xx", "reset"], 'retry_on[1]: must be one of "5xx", "timeout"'),
+    ]:
+        with pytest.raises(ConfigError) as info:
+            parse_config({"retry_on": value})
+        assert str(info.value).startswith(message)

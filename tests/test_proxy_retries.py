@@ -37,6 +37,12 @@ class Budget:
     def retry_finished(self):
         self.active -= 1
 
+    def request_started(self):
+        pass
+
+    def request_finished(self):
+        pass
+
 
 def _records(proxy):
     records = []

@@ -201,3 +201,56 @@ def test_log_section_json_to_a_file(run_heimdall, tmp_path):
         time.sleep(0.05)
     events = [json.loads(line) for line in log_file.read_text().splitlines()]
     assert any(e.get("log_namespace") == "heimdall.service" for e in events)
+
+
+def _start_backend(port):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "heimdall.backend", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    proc.stdout.readline()  # "heimdall backend listening on ..."
+    return proc
+
+
+def _servers(manager_port):
+    with urllib.request.urlopen(f"http://127.0.0.1:{manager_port}/servers/list", timeout=5) as r:
+        return {s["id"]: s for s in json.loads(r.read())}
+
+
+def test_health_checks_are_wired_in_the_running_service(run_heimdall):
+    """A killed external backend: no client error, reported down by the
+    manager, and back in rotation after it restarts."""
+    port, manager_port = free_port(), free_port()
+    ports = [free_port(), free_port()]
+    backends = [_start_backend(p) for p in ports]
+    try:
+        config = {
+            "listen": f"tcp:{port}:interface=127.0.0.1",
+            "backends": [f"http://127.0.0.1:{p}" for p in ports],
+            "manager": {"listen": f"tcp:{manager_port}:interface=127.0.0.1", "state_file": "state.json"},
+            "health": {"interval": "200ms", "down_interval": "100ms", "rise": 2, "fall": 2},
+            "access_log": {"enabled": False},
+        }
+        h = run_heimdall(config)
+        h.wait_for("heimdall proxy listening")
+        dead = f"127.0.0.1:{ports[0]}"
+        backends[0].kill()
+        backends[0].wait()
+        statuses = [_get(f"http://127.0.0.1:{port}/")[0] for _ in range(20)]
+        assert statuses == [200] * 20
+        deadline = time.monotonic() + 5
+        while _servers(manager_port)[dead]["health"]["status"] != "down" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _servers(manager_port)[dead]["health"]["status"] == "down"
+        backends[0] = _start_backend(ports[0])
+        deadline = time.monotonic() + 5
+        while _servers(manager_port)[dead]["health"]["status"] != "up" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _servers(manager_port)[dead]["health"]["status"] == "up"
+        seen = {_get(f"http://127.0.0.1:{port}/")[1] for _ in range(6)}
+        assert dead in seen
+    finally:
+        for proc in backends:
+            proc.kill()
+            proc.wait()
