@@ -4,7 +4,7 @@ dedicated C{twisted.logger} observer (not the global log publisher, which
 would cost every other observer's time on each request).
 
 Fields, in this order (JSON keys as named): C{time} (Unix seconds),
-C{client}, C{method}, C{path}, C{status}, C{backend}, C{upstream_time}
+C{request_id}, C{client}, C{method}, C{path}, C{status}, C{backend}, C{upstream_time}
 and C{total_time} (seconds), C{bytes_in}, C{bytes_out}, C{attempts}.
 """
 
@@ -17,6 +17,7 @@ from typing import IO, Optional
 from twisted.logger import FileLogObserver, Logger
 
 FIELDS = (
+    "request_id",
     "client",
     "method",
     "path",
@@ -43,7 +44,8 @@ def format_text(event) -> Optional[str]:
     C{client "METHOD path" status bytes_out backend=… upstream=…ms total=…ms}.
     """
     upstream = event.get("upstream_time")
-    return '{client} "{method} {path}" {status} {bytes_out} backend={backend} upstream={up} total={total:.2f}ms bytes_in={bytes_in} attempts={attempts}\n'.format(
+    return '{client} "{method} {path}" {status} {bytes_out} backend={backend} upstream={up} total={total:.2f}ms bytes_in={bytes_in} attempts={attempts} id={request_id}\n'.format(
+        request_id=_text(event.get("request_id")),
         client=_text(event.get("client")),
         method=_text(event.get("method")),
         path=_text(event.get("path")),
@@ -69,6 +71,31 @@ def format_json(event) -> Optional[str]:
     return json.dumps(record, separators=(",", ":")) + "\n"
 
 
+class ReopenableFile:
+    """
+    A text file that L{reopen} closes and opens again at the same path:
+    after logrotate moved it away, writing goes on in a new file.  Line
+    buffered, appended to.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._file = open(path, "a", buffering=1, encoding="utf-8")
+
+    def write(self, text: str) -> int:
+        return self._file.write(text)
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def reopen(self) -> None:
+        old, self._file = self._file, open(self.path, "a", buffering=1, encoding="utf-8")
+        old.close()
+
+    def close(self) -> None:
+        self._file.close()
+
+
 class AccessLog:
     """
     Writes access-log events to C{stream} (stdout by default) as C{"text"}
@@ -89,7 +116,14 @@ class AccessLog:
         """
         if path == "-":
             return cls(format)
-        return cls(format, open(path, "a", buffering=1, encoding="utf-8"))
+        return cls(format, ReopenableFile(path))
+
+    def reopen(self) -> None:
+        """
+        Reopen the file (SIGUSR1, after logrotate); stdout is left alone.
+        """
+        if isinstance(self.stream, ReopenableFile):
+            self.stream.reopen()
 
     def log(self, **fields) -> None:
         self._logger.info("access", **fields)
@@ -111,6 +145,7 @@ class AccessLog:
             bytes_in=record.bytes_in,
             bytes_out=record.bytes_out,
             attempts=record.attempts,
+            request_id=record.request_id,
         )
 
     def close(self) -> None:

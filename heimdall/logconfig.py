@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 
+from heimdall.accesslog import ReopenableFile
 from twisted.logger import (
     FilteringLogObserver,
     ILogObserver,
@@ -28,11 +29,22 @@ _LEVELS = {
 }
 
 
+# heimdall's own log files, for reopen_log_files() (SIGUSR1).
+_open_files: list = []
+
+
+def reopen_log_files() -> None:
+    for stream in _open_files:
+        if isinstance(stream, ReopenableFile):
+            stream.reopen()
+
+
 def main_log_observer(log_config) -> ILogObserver:
     """
     The observer for a L{heimdall.config.LogConfig}.
     """
-    stream = sys.stdout if log_config.path == "-" else open(log_config.path, "a", buffering=1, encoding="utf-8")
+    stream = sys.stdout if log_config.path == "-" else ReopenableFile(log_config.path)
+    _open_files.append(stream)
     if log_config.format == "json":
         observer = jsonFileLogObserver(stream, recordSeparator="")  # JSON Lines
     else:

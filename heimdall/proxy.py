@@ -28,6 +28,7 @@ the client sees a truncated response rather than a complete-looking one.
 from __future__ import annotations
 
 import json
+import os
 import warnings
 
 import attrs
@@ -169,6 +170,21 @@ class RequestRecord:
     attempts: int
     ttfb: Optional[float] = None
     retry_reasons: tuple = ()
+    request_id: Optional[str] = None
+
+
+_REQUEST_ID_CHARS = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
+
+
+def _request_id(incoming: Optional[bytes]) -> tuple:
+    """
+    C{(id, generated)}: the client's X-Request-ID if it is 1-128 characters
+    of letters, digits and C{-_.:} (anything else could smuggle text into
+    logs), else a new random 128-bit hex id.
+    """
+    if incoming and len(incoming) <= 128 and not set(incoming) - _REQUEST_ID_CHARS:
+        return incoming, False
+    return os.urandom(16).hex().encode("ascii"), True
 
 
 def _upstream_target(request, prefix: bytes) -> tuple:
@@ -261,6 +277,9 @@ class ProxyExchange:
         self.done = False
         self.body: Optional[RequestBody] = None
         self.retry_reasons: list = []
+        # (id, generated): taken from the client's X-Request-ID when it is
+        # sane, else generated; forwarded upstream and returned.
+        self.request_id = None
 
     # -- start -------------------------------------------------------------
 
@@ -298,6 +317,9 @@ class ProxyExchange:
             request.clientproto,
             resource.trusted_proxies,
         )
+        self.request_id = _request_id(request.getHeader(b"x-request-id"))
+        if self.request_id is not None and self.request_id[1]:
+            self.headers.append((b"X-Request-ID", self.request_id[0]))
         self._attempt()
 
     def _attempt(self) -> None:
@@ -391,6 +413,8 @@ class ProxyExchange:
         request = self.request
         request.setResponseCode(status, reason)
         request.responseHeaders = response_headers(headers)
+        if self.request_id is not None:
+            request.responseHeaders._rawHeaders[b"X-Request-Id"] = [self.request_id[0]]
         strategy = self.resource.pool.strategy
         if IResponseObserver.providedBy(strategy):
             strategy.response_started(self.context, self.member, request)
@@ -521,6 +545,8 @@ class ProxyExchange:
         body = json.dumps({"error": message, "status": code}).encode() + b"\n"
         request.setResponseCode(code, _REASONS.get(code))
         request.responseHeaders = Headers({b"Date": [datetimeToString(self.clock.seconds())]})
+        if self.request_id is not None:
+            request.responseHeaders.setRawHeaders(b"X-Request-ID", [self.request_id[0]])
         request.responseHeaders.setRawHeaders(b"Content-Type", [b"application/json"])
         request.responseHeaders.setRawHeaders(b"Content-Length", [b"%d" % len(body)])
         request.write(body)
@@ -574,6 +600,7 @@ class ProxyExchange:
             attempts=self.attempts,
             ttfb=self.ttfb,
             retry_reasons=tuple(self.retry_reasons),
+            request_id=self.request_id[0].decode("ascii") if self.request_id is not None else None,
         )
         for observer in observers:
             try:

@@ -194,7 +194,40 @@ class HeimdallService(service.MultiService):
         install_on_application(parent, self.config.log)
         return result
 
+    def reopen_logs(self) -> None:
+        """
+        Reopen the access log and heimdall's own log files (SIGUSR1).
+        """
+        from heimdall.logconfig import reopen_log_files
+
+        if self.access_log is not None:
+            self.access_log.reopen()
+        reopen_log_files()
+        _log.info("log files reopened")
+
+    def _install_sigusr1(self) -> None:
+        import signal
+        import threading
+
+        if not hasattr(signal, "SIGUSR1") or threading.current_thread() is not threading.main_thread():
+            return
+
+        def on_sigusr1(signum, frame):
+            # Signal handlers run between bytecodes: hand over to the reactor.
+            self.reactor.callFromThread(self.reopen_logs)
+
+        self._previous_sigusr1 = signal.signal(signal.SIGUSR1, on_sigusr1)
+
+    def _restore_sigusr1(self) -> None:
+        import signal
+
+        previous = getattr(self, "_previous_sigusr1", None)
+        if previous is not None:
+            signal.signal(signal.SIGUSR1, previous)
+            self._previous_sigusr1 = None
+
     def startService(self) -> None:
+        self._install_sigusr1()
         super().startService()
         endpoint = serverFromString(self.reactor, self.config.listen)
         d = endpoint.listen(self.site)
@@ -257,6 +290,7 @@ class HeimdallService(service.MultiService):
 
     @defer.inlineCallbacks
     def stopService(self):
+        self._restore_sigusr1()
         yield defer.maybeDeferred(super().stopService)
         if self.manager_port is not None:
             yield self.manager_port.stopListening()

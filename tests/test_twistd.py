@@ -254,3 +254,38 @@ def test_health_checks_are_wired_in_the_running_service(run_heimdall):
         for proc in backends:
             proc.kill()
             proc.wait()
+
+
+def test_request_id_and_log_reopen_on_sigusr1(run_heimdall, tmp_path):
+    """X-Request-ID is kept or generated, returned and logged; SIGUSR1
+    reopens the access log after logrotate moved it."""
+    port = free_port()
+    access = tmp_path / "access.log"
+    config = _config(port, _free_base(1), spawn=1)
+    config["access_log"] = {"enabled": True, "format": "json", "path": str(access)}
+    h = run_heimdall(config)
+    _spawned_pids(h, 1)
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/echo", headers={"X-Request-ID": "abc-123"})
+    with urllib.request.urlopen(request, timeout=5) as r:
+        assert r.headers["X-Request-ID"] == "abc-123"
+        echoed = json.loads(r.read())
+    assert ["X-Request-Id", "abc-123"] in echoed["headers"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as r:
+        generated = r.headers["X-Request-ID"]
+    assert len(generated) == 32
+    # A request id that could smuggle text into logs is replaced.
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/", headers={"X-Request-ID": "a b"})
+    with urllib.request.urlopen(request, timeout=5) as r:
+        assert r.headers["X-Request-ID"] != "a b"
+    access.rename(tmp_path / "access.log.1")
+    h.proc.send_signal(signal.SIGUSR1)
+    deadline = time.monotonic() + 5
+    while not access.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    _get(f"http://127.0.0.1:{port}/after-rotate")
+    deadline = time.monotonic() + 5
+    while "after-rotate" not in (access.read_text() if access.exists() else "") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    rotated = [json.loads(line) for line in (tmp_path / "access.log.1").read_text().splitlines()]
+    assert {r["request_id"] for r in rotated} >= {"abc-123", generated}
+    assert json.loads(access.read_text().splitlines()[-1])["path"] == "/after-rotate"
