@@ -181,3 +181,17 @@ class IAlertSink(Interface):
         programs); called once at shutdown.  Returns L{None} or a
         L{Deferred} that fires when they are gone.
         """
+
+
+class IInFlightAware(Interface):
+    """
+    Optional second interface of a strategy that wants the pool's total of
+    requests in flight on the members of the last rebuild (bounded-load
+    hashing compares one member's load with the average).
+    """
+
+    def attach_in_flight_total(total):
+        """
+        @param total: a callable returning that total in O(1); the pool
+            keeps it up to date on every lease and release.
+        """

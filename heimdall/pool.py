@@ -45,7 +45,7 @@ from twisted.logger import Logger
 
 from heimdall.context import RequestContext
 from heimdall.errors import NoBackendAvailable
-from heimdall.interfaces import IStrategy
+from heimdall.interfaces import IInFlightAware, IStrategy
 
 _log = Logger()
 
@@ -370,6 +370,10 @@ class BackendPool:
     # What the strategy picks from: the eligible members, or in panic
     # mode "route" with none eligible, every ready member.
     _routable: List[Member] = attrs.field(init=False, factory=list)
+    # Requests in flight on the routable members, kept in O(1) per lease
+    # for strategies that provide IInFlightAware (bounded-load hashing).
+    _routable_set: frozenset = attrs.field(init=False, default=frozenset())
+    _routable_in_flight: int = attrs.field(init=False, default=0)
     _ramp: Optional[LoopingCall] = attrs.field(init=False, default=None)
     _ramp_weights: tuple = attrs.field(init=False, default=())
 
@@ -378,7 +382,18 @@ class BackendPool:
             from twisted.internet import reactor
 
             self.clock = reactor
+        self._attach(self.strategy)
         self.strategy.rebuild([])
+
+    def _attach(self, strategy: IStrategy) -> None:
+        if IInFlightAware.providedBy(strategy):
+            strategy.attach_in_flight_total(self.in_flight_total)
+
+    def in_flight_total(self) -> int:
+        """
+        Requests in flight on the members the strategy picks from.
+        """
+        return self._routable_in_flight
 
     @property
     def panic_mode(self) -> str:
@@ -453,6 +468,7 @@ class BackendPool:
 
     def set_strategy(self, strategy: IStrategy) -> None:
         self.strategy = strategy
+        self._attach(strategy)
         self.strategy.rebuild(list(self._routable))
 
     # -- operational state (health checks and outlier detection only) ------
@@ -628,6 +644,8 @@ class BackendPool:
         else:
             self._routable = [m for m in members if is_eligible(m, panic=True)]
         self._ramp_weights = tuple(m.weight for m in self._routable)
+        self._routable_set = frozenset(self._routable)
+        self._routable_in_flight = sum(m.in_flight for m in self._routable)
         self.strategy.rebuild(list(self._routable))
         if event is not None:
             self._emit(event)
@@ -653,6 +671,8 @@ class BackendPool:
 
     def lease(self, member: Member) -> Lease:
         member.in_flight += 1
+        if member in self._routable_set:
+            self._routable_in_flight += 1
         now = self.clock.seconds()
         member.last_used_at = now
         return Lease(self, member, now)
@@ -660,6 +680,8 @@ class BackendPool:
     def _released(self, lease: Lease, outcome: Outcome) -> None:
         member = lease.member
         member.in_flight -= 1
+        if member in self._routable_set:
+            self._routable_in_flight -= 1
         member.requests_total += 1
         if outcome.is_backend_failure:
             member.failures_total += 1

@@ -228,3 +228,29 @@ def test_slow_start_ramps_the_effective_weight_and_rebuilds_in_steps():
     assert a.weight == 100 and b.weight == 100 and clock.getDelayedCalls() == []
     pool.set_weight(b.id, 0)
     assert b.weight == 0
+
+
+def test_in_flight_total_follows_leases_and_rebuilds():
+    pool, _ = _pool(3)
+    a, b, c = pool.members()
+    leases = [pool.lease(a), pool.lease(a), pool.lease(b)]
+    assert pool.in_flight_total() == 3
+    pool.set_admin(a.id, AdminState.DRAINING)  # a leaves the routable set
+    assert pool.in_flight_total() == 1
+    leases[0].release(Outcome(status=200))
+    assert pool.in_flight_total() == 1
+    pool.set_admin(a.id, AdminState.READY)
+    assert pool.in_flight_total() == 2
+    for lease in leases:
+        lease.release(Outcome(status=200))
+    assert pool.in_flight_total() == 0
+
+
+def test_bounded_load_hash_strategy_gets_the_pool_total():
+    from heimdall.interfaces import IInFlightAware
+
+    clock = Clock()
+    strategy = default_registry().create("url_hash", {"balance_factor": 1.25}, random.Random(0), clock)
+    assert IInFlightAware.providedBy(strategy)
+    pool = BackendPool(strategy, clock=clock)
+    assert strategy.in_flight_total == pool.in_flight_total

@@ -34,7 +34,7 @@ from zope.interface import implementer
 
 from heimdall.errors import NoBackendAvailable, StrategyOptionError
 from heimdall.hashing import DEFAULT_POINTS_PER_WEIGHT, HashRing, stable_hash
-from heimdall.interfaces import IStrategy
+from heimdall.interfaces import IInFlightAware, IStrategy
 from heimdall.strategies._base import (
     StrategyFactory,
     check_bool,
@@ -51,7 +51,7 @@ _in_flight = attrgetter("in_flight")
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 
 
-@implementer(IStrategy)
+@implementer(IStrategy, IInFlightAware)
 @attrs.define(eq=False)
 class ConsistentHash:
     """
