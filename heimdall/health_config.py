@@ -324,6 +324,30 @@ class OutlierConfig:
             raise ConfigError("max_ejection_time", "must not be less than base_ejection_time")
 
 
+def _percent(value) -> Optional[str]:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100:
+        return "must be a number from 0 to 100"
+    return None
+
+
+@attrs.frozen
+class RetryBudgetConfig:
+    """
+    How many retries may be in flight at once: C{percent} of the live client
+    requests, but at least C{min_retry_concurrency} (Envoy's retry budget).
+    Retries after a refused connect or a stale keep-alive connection are
+    not counted: they never reached a backend's application.
+
+    The defaults (50%, 10) are roomier than Envoy's (20%, 3): when one of
+    three backends dies under load, a third of the live requests fail at
+    the same instant and each needs one retry; the budget is there for the
+    outage where most backends fail, not for that.
+    """
+
+    percent: float = attrs.field(default=50, validator=_validator(_percent))
+    min_retry_concurrency: int = attrs.field(default=10, validator=_validator(_integer(0, 100000)))
+
+
 def _normalise_backend_key(key: str) -> str:
     """
     A per-backend key may be C{host:port} or a URL; both mean the backend
@@ -351,6 +375,9 @@ class HealthConfig:
         factory=dict, converter=lambda v: types.MappingProxyType(dict(v)), hash=False
     )
     outlier: OutlierConfig = attrs.field(factory=OutlierConfig, validator=attrs.validators.instance_of(OutlierConfig))
+    retry_budget: RetryBudgetConfig = attrs.field(
+        factory=RetryBudgetConfig, validator=attrs.validators.instance_of(RetryBudgetConfig)
+    )
     panic_mode: str = attrs.field(default="fail", validator=_validator(_one_of(*PANIC_MODES)))
 
     def for_backend(self, backend_id: str) -> CheckSettings:
@@ -484,12 +511,20 @@ def parse_health(data: Optional[Mapping[str, Any]], path: str = "health") -> Hea
     @raise ConfigError: naming the first bad field, e.g.
         C{health.interval: must be a duration ...}.
     """
-    entries = _entries(data if data is not None else {}, path, _CHECK_KEYS + ("backends", "outlier", "panic"))
+    entries = _entries(
+        data if data is not None else {}, path, _CHECK_KEYS + ("backends", "outlier", "retry_budget", "panic")
+    )
     check = _parse_check({k: v for k, v in entries.items() if k in _CHECK_KEYS}, path, CheckSettings())
     outlier = OutlierConfig()
     if "outlier" in entries:
         outlier_path = _join(path, "outlier")
         outlier = _build(OutlierConfig, _entries(entries["outlier"], outlier_path, _fields(OutlierConfig)), outlier_path)
+    retry_budget = RetryBudgetConfig()
+    if "retry_budget" in entries:
+        budget_path = _join(path, "retry_budget")
+        retry_budget = _build(
+            RetryBudgetConfig, _entries(entries["retry_budget"], budget_path, _fields(RetryBudgetConfig)), budget_path
+        )
     backends: Dict[str, CheckSettings] = {}
     if "backends" in entries:
         backends_path = _join(path, "backends")
@@ -509,7 +544,9 @@ def parse_health(data: Optional[Mapping[str, Any]], path: str = "health") -> Hea
             backends[backend_id] = _parse_check(_entries(overrides, key_path, _CHECK_KEYS), key_path, check)
     panic = entries.get("panic", "fail")
     _problem(_join(path, "panic"), _one_of(*PANIC_MODES)(panic))
-    return HealthConfig(check=check, backends=backends, outlier=outlier, panic_mode=panic)
+    return HealthConfig(
+        check=check, backends=backends, outlier=outlier, retry_budget=retry_budget, panic_mode=panic
+    )
 
 
 def parse_alerts(data: Optional[Mapping[str, Any]], path: str = "alerts") -> AlertsConfig:

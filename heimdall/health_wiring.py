@@ -65,8 +65,15 @@ class HealthService(Service):
         )
         self.detector = OutlierDetector(pool, health.outlier, clock)
         self.alerts = AlertDispatcher.from_config(alerts, pool, clock, reactor, webhook_client)
-        # Envoy's defaults; the proxy decides whether to use it.
-        self.retry_budget = RetryBudget(clock=clock, live_requests=lambda: sum(m.in_flight for m in pool.members()))
+        # Live requests are counted by the proxy (request_started/finished),
+        # not summed from the pool's leases: right after a backend dies its
+        # failed leases are gone while its requests still need a retry.
+        budget = health.retry_budget
+        self.retry_budget = RetryBudget(
+            budget_ratio=budget.percent / 100.0,
+            min_retry_concurrency=budget.min_retry_concurrency,
+            clock=clock,
+        )
 
     def startService(self) -> None:
         super().startService()

@@ -61,6 +61,9 @@ _log = Logger()
 # RFC 9110 9.2.2.  Only these may be replayed after the request was sent.
 IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 RETRY_ON_CHOICES = frozenset({"5xx", "timeout"})
+# Retries that cost the backends nothing, so the retry budget does not
+# count them: the request never reached a backend's application.
+_FREE_RETRIES = frozenset({"connect", "stale"})
 
 _REASONS = {
     413: b"Content Too Large",
@@ -277,6 +280,7 @@ class ProxyExchange:
         self.done = False
         self.body: Optional[RequestBody] = None
         self.retry_reasons: list = []
+        self.budgeted_retries = 0
         # (id, generated): taken from the client's X-Request-ID when it is
         # sane, else generated; forwarded upstream and returned.
         self.request_id = None
@@ -347,11 +351,12 @@ class ProxyExchange:
         if self.attempts > self.resource.retries:
             return False
         budget = self.resource.retry_budget
-        if budget is not None:
+        if budget is not None and reason not in _FREE_RETRIES:
             if not budget.can_retry():
                 _log.info("retry budget exhausted; not retrying after {reason}", reason=reason)
                 return False
             budget.retry_started()
+            self.budgeted_retries += 1
         self.retry_reasons.append(reason)
         self._attempt()
         return True
@@ -580,7 +585,7 @@ class ProxyExchange:
         budget = self.resource.retry_budget
         if budget is not None:
             budget.request_finished()
-            for _ in self.retry_reasons:
+            for _ in range(self.budgeted_retries):
                 budget.retry_finished()
         observers = self.resource.request_observers
         if not observers:

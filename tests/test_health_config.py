@@ -172,9 +172,20 @@ def test_build_health_wires_and_unwires_everything():
     assert service.prober.running and service.detector.running
     pool.lease(member).release(Outcome(failure="connect"))
     assert member.ejected
-    assert service.retry_budget.allowed() == 3
+    assert service.retry_budget.allowed() == 10  # the default minimum
     service.stopService()
     assert not service.prober.running and not service.detector.running
     assert [c for c in reactor.getDelayedCalls() if c.active()] == []
     with pytest.raises(ConfigError, match="^health.rise: "):
         build_health({"rise": -1}, {}, pool, reactor)
+
+
+def test_retry_budget_section():
+    from heimdall.health_config import parse_health
+
+    config = parse_health({"retry_budget": {"percent": 20, "min_retry_concurrency": 3}})
+    assert (config.retry_budget.percent, config.retry_budget.min_retry_concurrency) == (20, 3)
+    assert parse_health({}).retry_budget.percent == 50
+    with pytest.raises(ConfigError) as info:
+        parse_health({"retry_budget": {"percent": 150}})
+    assert str(info.value).startswith("health.retry_budget.percent: must be a number from 0 to 100")

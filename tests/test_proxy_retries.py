@@ -119,3 +119,17 @@ def test_unknown_retry_on_is_refused():
 
     with pytest.raises(ValueError, match="unknown retry_on"):
         BalancerResource(BackendPool(RoundRobin(random.Random(0)), clock=Clock()), clock=Clock(), retry_on=["4xx"])
+
+
+@pytest_twisted.inlineCallbacks
+def test_connect_failure_retries_do_not_spend_the_budget(tracked, start_proxy, http):
+    from tests.netutil import free_port
+
+    good, good_url = _backend(tracked, OK)
+    budget = Budget(allow=False)
+    proxy = start_proxy([f"http://127.0.0.1:{free_port()}", good_url], retry_budget=budget)
+    for _ in range(4):
+        response = yield http.get(proxy.url + "/")
+        assert response.code == 200
+        yield response.content()
+    assert budget.started == 0
