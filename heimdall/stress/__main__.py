@@ -1,0 +1,3 @@
+from heimdall.stress.cli import main
+
+raise SystemExit(main())
