@@ -22,8 +22,18 @@ install: $(STAMP)
 run: install
 	$(VENV)/bin/twistd -n --pidfile= heimdall --config $(CONFIG)
 
-test: install
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+# promtool checks /metrics in the tests.  Only the binary is taken from
+# Debian's prometheus package: installing the package would also install
+# (and on systemd machines start) a Prometheus server on :9090.
+PROMTOOL = $(VENV)/bin/promtool
+$(PROMTOOL): | $(PY)
+	@if command -v promtool >/dev/null; then ln -sf "$$(command -v promtool)" $@; else \
+	  tmp=$$(mktemp -d) && cd $$tmp && \
+	  { apt-get download prometheus 2>/dev/null || { apt-get update -q && apt-get download prometheus; }; } && \
+	  dpkg-deb -x prometheus_*.deb root && cp root/usr/bin/promtool $(CURDIR)/$@ && rm -rf $$tmp; fi
+
+test: install $(PROMTOOL)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest -q $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

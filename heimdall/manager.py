@@ -1024,6 +1024,7 @@ ROUTES: Tuple[Route, ...] = (
     Route("/", ("GET",), "index", ("this help",)),
     Route("/status", ("GET",), "status", ("version, uptime, strategy and counts",)),
     Route("/openapi.json", ("GET",), "openapi", ("the OpenAPI 3.1 description of this API",)),
+    Route("/metrics", ("GET",), "metrics", ("Prometheus metrics (text exposition, or OpenMetrics on request)",)),
     Route("/servers/list", ("GET",), "list", ("every server, as a JSON array",)),
     Route("/servers/get", ("GET",), "get", ("one server: ?port=N or ?id=HOST:PORT",), ("port", "id")),
     Route(
@@ -1207,6 +1208,16 @@ def _json_bytes(payload: Any) -> bytes:
     return (json.dumps(payload, indent=2) + "\n").encode("utf-8")
 
 
+@attrs.frozen
+class RawBody:
+    """
+    A response that is not JSON (the metrics exposition).
+    """
+
+    body: bytes
+    content_type: str
+
+
 class ManagerResource(Resource):
     """
     The manager API, served at the root of its own site.
@@ -1217,10 +1228,16 @@ class ManagerResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, manager: ServerManager, token: Optional[str] = None) -> None:
+    def __init__(self, manager: ServerManager, token: Optional[str] = None, metrics=None) -> None:
+        """
+        @param metrics: renders C{GET /metrics}: a callable taking the
+            request's C{Accept} header and returning C{(body, content_type)}
+            (see L{heimdall.metrics.exposition}); without it, 404.
+        """
         super().__init__()
         self.manager = manager
         self.token = token
+        self.metrics = metrics
 
     def render(self, request: Any) -> Any:
         gone: List[bool] = []
@@ -1250,9 +1267,12 @@ class ManagerResource(Resource):
 
     @staticmethod
     def _write(request: Any, status: int, payload: Any, headers: Sequence[Tuple[str, str]]) -> None:
-        body = _json_bytes(payload)
+        if isinstance(payload, RawBody):
+            body, content_type = payload.body, payload.content_type.encode("ascii")
+        else:
+            body, content_type = _json_bytes(payload), b"application/json"
         request.setResponseCode(status)
-        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"content-type", content_type)
         request.setHeader(b"cache-control", b"no-store")
         for name, value in headers:
             request.setHeader(name.encode("ascii"), value.encode("utf-8"))
@@ -1287,6 +1307,12 @@ class ManagerResource(Resource):
             return 200, manager.status(), ()
         if handler == "openapi":
             return 200, openapi_document(), ()
+        if handler == "metrics":
+            if self.metrics is None:
+                raise ApiError(404, "metrics are not enabled", None)
+            accept = request.getHeader(b"accept")
+            body, content_type = self.metrics(accept.decode("latin-1") if accept else "")
+            return 200, RawBody(body, content_type), ()
         if handler == "list":
             return 200, manager.servers(), ()
         if handler == "add":

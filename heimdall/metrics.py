@@ -642,6 +642,20 @@ class Metrics:
         return [backends, eligible, panic, events, sent, suppressed, alerts, strategy_info, build]
 
 
+def exposition(registry: CollectorRegistry) -> Callable[[str], Tuple[bytes, str]]:
+    """
+    C{render(accept) -> (body, content_type)} for C{registry}: the
+    Prometheus text format, or OpenMetrics when C{accept} asks for it.
+    What the manager serves at C{/metrics}.
+    """
+
+    def render(accept: str) -> Tuple[bytes, str]:
+        encoder, content_type = choose_encoder(accept)
+        return encoder(registry), content_type
+
+    return render
+
+
 class MetricsResource(Resource):
     """
     C{GET /metrics}: the registry in the Prometheus text format, or

@@ -179,7 +179,25 @@ class HeimdallService(service.MultiService):
         # config.json's backends with the state file's changes, at once;
         # managed servers are spawned when the service starts.
         self._to_restore = self.manager.load(checked.state)
-        self.manager_resource = ManagerResource(self.manager, token=checked.token)
+        from heimdall.metrics import Metrics, exposition
+
+        # Prometheus metrics, served by the manager at /metrics.
+        self.metrics = Metrics(strategy_name=config.strategy.name)
+        self._detach_metrics = self.metrics.attach(
+            self.pool,
+            self.resource,
+            self.upstream,
+            spawner=self.spawner,
+            alerts=self.health.alerts,
+            supervisor=getattr(self.manager, "supervisor", None),
+        )
+        metrics = self.metrics
+        self.health.prober.check_observers.append(
+            lambda backend_id, result: metrics.record_health_check(backend_id, result.ok)
+        )
+        self.manager_resource = ManagerResource(
+            self.manager, token=checked.token, metrics=exposition(self.metrics.registry)
+        )
         self.manager_site = ManagerSite(self.manager_resource, reactor=reactor)
         self.port = None
         self.manager_port = None
@@ -291,6 +309,7 @@ class HeimdallService(service.MultiService):
     @defer.inlineCallbacks
     def stopService(self):
         self._restore_sigusr1()
+        self._detach_metrics()
         yield defer.maybeDeferred(super().stopService)
         if self.manager_port is not None:
             yield self.manager_port.stopListening()

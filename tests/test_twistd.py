@@ -289,3 +289,28 @@ def test_request_id_and_log_reopen_on_sigusr1(run_heimdall, tmp_path):
     rotated = [json.loads(line) for line in (tmp_path / "access.log.1").read_text().splitlines()]
     assert {r["request_id"] for r in rotated} >= {"abc-123", generated}
     assert json.loads(access.read_text().splitlines()[-1])["path"] == "/after-rotate"
+
+
+def test_metrics_served_by_the_manager(run_heimdall):
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families
+
+    port, manager_port = free_port(), free_port()
+    config = _config(port, _free_base(2), spawn=2)
+    config["manager"]["listen"] = f"tcp:{manager_port}:interface=127.0.0.1"
+    config["manager"]["state_file"] = "state.json"
+    h = run_heimdall(config)
+    _spawned_pids(h, 2)
+    for _ in range(10):
+        _get(f"http://127.0.0.1:{port}/")
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{manager_port}/metrics", headers={"Accept": "application/openmetrics-text"}
+    )
+    with urllib.request.urlopen(request, timeout=5) as r:
+        assert r.headers["Content-Type"].startswith("application/openmetrics-text")
+        text = r.read().decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    requests = sum(
+        s.value for s in families["heimdall_requests"].samples if s.name == "heimdall_requests_total"
+    )
+    assert requests == 10
+    assert "heimdall_upstream_ttfb_seconds" in families
