@@ -229,10 +229,7 @@ def _check_failover(run, result, victim):
     late = [row for row in result["timeline"] if row["t"] >= moved_at]
     assert late and all(f"127.0.0.1:{victim}" not in row["backends"] for row in late)
     assert "failover" in run.stdout and "traffic fully moved" in run.stdout
-    if result["failed"]:
-        # The data path's part (retries, health) is another track's work.
-        pytest.skip(f"failover worked, but {result['failed']} request(s) failed: "
-                    f"{scenario['phases']['during']['failures']} (depends on the health/retry work in progress)")
+    assert result["failed"] == 0, scenario["phases"]["during"]["failures"]
     assert scenario["passed"] and run.returncode == 0, run.stdout
     assert "result: PASS" in run.stdout
 
