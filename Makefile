@@ -52,7 +52,7 @@ PYPY_VENV = .venv-pypy
 $(PYPY_VENV)/bin/python:
 	command -v pypy3 >/dev/null || (apt-get update -q && apt-get install -y -q pypy3 pypy3-venv)
 	pypy3 -m venv $(PYPY_VENV)
-	$(PYPY_VENV)/bin/python -m pip -q install 'twisted==26.4.0' attrs zope.interface
+	$(PYPY_VENV)/bin/python -m pip -q install 'twisted==26.4.0' attrs zope.interface prometheus_client
 	$(PYPY_VENV)/bin/python -m pip -q install --no-deps -e .
 	$(PYPY_VENV)/bin/python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
 

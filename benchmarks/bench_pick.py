@@ -26,7 +26,7 @@ from twisted.internet.task import Clock
 from twisted.web.http_headers import Headers
 
 from heimdall.context import RequestContext
-from heimdall.pool import Backend, BackendPool, Health
+from heimdall.pool import Backend, BackendPool, Health, Outcome
 from heimdall.registry import default_registry
 
 #: Options for strategies that need some, and extra variants worth timing.
@@ -68,6 +68,12 @@ def loaded_pool(strategy, size: int, clock: Clock, rng: random.Random, weighted:
         member.ttfb_avg = rng.uniform(0.005, 0.05)
         member.ttlb_avg = member.ttfb_avg * 2
         member.last_used_at = clock.seconds() - rng.uniform(0, 10)
+    # The loads above were set behind the pool's back: rebuild, and run one
+    # lease through it, as traffic would (load-aware strategies such as
+    # least_connections then pick from their own buckets).
+    pool.set_strategy(strategy)
+    lease = pool.lease(pool.members()[0])
+    lease.release(Outcome(status=200))
     return pool
 
 

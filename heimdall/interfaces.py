@@ -195,3 +195,17 @@ class IInFlightAware(Interface):
         @param total: a callable returning that total in O(1); the pool
             keeps it up to date on every lease and release.
         """
+
+
+class ILoadAware(Interface):
+    """
+    Optional second interface of a strategy that tracks load itself: the
+    pool calls it on every change of a routable member's in-flight count,
+    so that picking the least loaded member needs no scan.
+    """
+
+    def in_flight_changed(member):
+        """
+        C{member.in_flight} just went up or down by one.  Must be O(1) or
+        O(log n) and must not raise.
+        """

@@ -45,7 +45,7 @@ from twisted.logger import Logger
 
 from heimdall.context import RequestContext
 from heimdall.errors import NoBackendAvailable
-from heimdall.interfaces import IInFlightAware, IStrategy
+from heimdall.interfaces import IInFlightAware, ILoadAware, IStrategy
 
 _log = Logger()
 
@@ -374,6 +374,8 @@ class BackendPool:
     # for strategies that provide IInFlightAware (bounded-load hashing).
     _routable_set: frozenset = attrs.field(init=False, default=frozenset())
     _routable_in_flight: int = attrs.field(init=False, default=0)
+    # The strategy, if it provides ILoadAware (told of every change).
+    _load_aware: Optional[Any] = attrs.field(init=False, default=None)
     _ramp: Optional[LoopingCall] = attrs.field(init=False, default=None)
     _ramp_weights: tuple = attrs.field(init=False, default=())
 
@@ -388,6 +390,7 @@ class BackendPool:
     def _attach(self, strategy: IStrategy) -> None:
         if IInFlightAware.providedBy(strategy):
             strategy.attach_in_flight_total(self.in_flight_total)
+        self._load_aware = strategy if ILoadAware.providedBy(strategy) else None
 
     def in_flight_total(self) -> int:
         """
@@ -673,6 +676,8 @@ class BackendPool:
         member.in_flight += 1
         if member in self._routable_set:
             self._routable_in_flight += 1
+            if self._load_aware is not None:
+                self._load_aware.in_flight_changed(member)
         now = self.clock.seconds()
         member.last_used_at = now
         return Lease(self, member, now)
@@ -682,6 +687,8 @@ class BackendPool:
         member.in_flight -= 1
         if member in self._routable_set:
             self._routable_in_flight -= 1
+            if self._load_aware is not None:
+                self._load_aware.in_flight_changed(member)
         member.requests_total += 1
         if outcome.is_backend_failure:
             member.failures_total += 1

@@ -597,3 +597,34 @@ def test_round_robin_offset_is_random_even_when_members_arrive_one_by_one():
             pool.add(Backend.from_url(f"http://127.0.0.1:{port}"))
         firsts.add(pool.pick(RequestContext()).id)
     assert len(firsts) == 3
+
+
+def test_least_connections_tracked_buckets_match_a_scan():
+    """Inside a pool, least_connections keeps load buckets (O(1) picks);
+    after any sequence of leases and releases it picks among exactly the
+    members a full scan would."""
+    import random as _random
+
+    from heimdall.context import RequestContext
+    from heimdall.pool import Backend, BackendPool, Outcome
+    from heimdall.strategies.least_connections import LeastConnections
+    from twisted.internet.task import Clock
+
+    rng = _random.Random(7)
+    strategy = LeastConnections(_random.Random(1))
+    pool = BackendPool(strategy, clock=Clock())
+    for port in range(1, 21):
+        pool.add(Backend.from_url(f"http://127.0.0.1:{port}"))
+    leases = []
+    for step in range(2000):
+        if leases and rng.random() < 0.45:
+            leases.pop(rng.randrange(len(leases))).release(Outcome(status=200))
+        else:
+            leases.append(pool.lease(pool.pick(RequestContext())))
+        lowest = min(m.in_flight for m in pool.members())
+        picked = pool.pick(RequestContext())
+        assert picked.in_flight == lowest, step
+    assert strategy._tracked
+    avoid = [m for m in pool.members() if m.in_flight == min(x.in_flight for x in pool.members())]
+    picked = pool.pick(RequestContext(), avoid)
+    assert picked not in avoid
