@@ -49,16 +49,25 @@ The shape, with every default::
 
 from __future__ import annotations
 
-import difflib
-import math
 import re
 import types
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
 
 import attrs
 
-from heimdall.config import DURATION_PROBLEM, parse_duration
+# The field checks are config.py's, so that both sections word their
+# errors alike.
+from heimdall.config import (  # noqa: F401
+    DURATION_PROBLEM,
+    _boolean,
+    _integer,
+    _one_of,
+    _seconds,
+    _suggestion,
+    _validator,
+    parse_duration,
+)
 from heimdall.errors import ConfigError
 from heimdall.pool import PANIC_MODES, Backend
 
@@ -86,54 +95,6 @@ _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 def _problem(field: str, problem: Optional[str]) -> None:
     if problem is not None:
         raise ConfigError(field, problem)
-
-
-def _validator(check: Callable[[Any], Optional[str]]):
-    def validate(instance, attribute, value):
-        _problem(attribute.name, check(value))
-
-    return validate
-
-
-def _integer(low: int, high: int):
-    def check(value):
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            return f"must be an integer from {low} to {high}"
-        return None
-
-    return check
-
-
-def _boolean(value) -> Optional[str]:
-    return None if isinstance(value, bool) else "must be true or false"
-
-
-def _one_of(*choices: str):
-    def check(value):
-        if isinstance(value, str) and value in choices:
-            return None
-        listed = ", ".join(f'"{choice}"' for choice in choices)
-        return f"must be one of {listed}{_suggestion(value, choices)}"
-
-    return check
-
-
-def _seconds(allow_zero: bool):
-    def check(value):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            return DURATION_PROBLEM
-        if value < 0 or (value == 0 and not allow_zero):
-            return "must not be negative" if allow_zero else "must be greater than 0"
-        return None
-
-    return check
-
-
-def _suggestion(word: object, candidates) -> str:
-    if not isinstance(word, str):
-        return ""
-    close = difflib.get_close_matches(word, list(candidates), n=1)
-    return f'; did you mean "{close[0]}"?' if close else ""
 
 
 def _duration_or_same(value):

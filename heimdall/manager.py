@@ -937,24 +937,15 @@ def resolve_token(manager_config: Any, environ: Optional[Mapping[str, str]] = No
 
 
 def _endpoint_fields(description: str) -> Tuple[List[str], Dict[str, str]]:
+    """
+    The positional and named fields of an endpoint string (config.py's
+    parser, which knows the backslash escapes).
+    """
+    from heimdall.config import _endpoint_fields as fields_of
+
     positional: List[str] = []
     named: Dict[str, str] = {}
-    current: List[str] = []
-    key: Optional[str] = None
-    characters = iter(description)
-    fields: List[Tuple[Optional[str], str]] = []
-    for character in characters:
-        if character == "\\":
-            current.append(next(characters, "\\"))
-        elif character == ":":
-            fields.append((key, "".join(current)))
-            current, key = [], None
-        elif character == "=" and key is None:
-            key, current = "".join(current), []
-        else:
-            current.append(character)
-    fields.append((key, "".join(current)))
-    for key, value in fields:
+    for key, value in fields_of(description):
         if key is None:
             positional.append(value)
         else:
