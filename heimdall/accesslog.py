@@ -125,9 +125,6 @@ class AccessLog:
         if isinstance(self.stream, ReopenableFile):
             self.stream.reopen()
 
-    def log(self, **fields) -> None:
-        self._logger.info("access", **fields)
-
     def observe(self, record) -> None:
         """
         A request observer for L{heimdall.proxy.BalancerResource}: logs a
