@@ -46,7 +46,7 @@ from typing import Any, Callable, Iterable, List, Mapping, Optional, Tuple, Unio
 
 import attrs
 
-from heimdall.errors import ConfigError, StrategyOptionError, UnknownStrategy
+from heimdall.errors import ConfigError, UnknownStrategy
 from heimdall.pool import Backend
 
 __all__ = [

@@ -140,3 +140,24 @@ def http(reactor):
     client = treq.client.HTTPClient(Agent(reactor, pool=pool))
     yield client
     pytest_twisted.blockon(pool.closeCachedConnections())
+
+
+@pytest.fixture
+def run_heimdall(tmp_path):
+    """
+    run_heimdall(config, env=None, name="heimdall", process_class=...) ->
+    a twistd heimdall process in tmp_path (see tests/processes.py), killed
+    with everything it started after the test.
+    """
+    from tests.processes import HeimdallProcess
+
+    started = []
+
+    def run(config, env=None, name="heimdall", process_class=HeimdallProcess):
+        process = process_class(tmp_path, config, env, name)
+        started.append(process)
+        return process
+
+    yield run
+    for process in started:
+        process.kill_all()

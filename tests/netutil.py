@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import socket
 
+import pytest
+
 
 def free_port() -> int:
     """
@@ -32,3 +34,16 @@ def alive(pid: int) -> bool:
             return f.read().split(")")[-1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def require(available: bool, what: str) -> None:
+    """
+    Skip a test whose tool is missing, except under `make test`
+    (HEIMDALL_TEST_STRICT=1), which installs every tool: there a missing
+    one is an install bug, and a skip would hide it.
+    """
+    if available:
+        return
+    if os.environ.get("HEIMDALL_TEST_STRICT"):
+        pytest.fail(f"{what} is missing, though `make test` installs it")
+    pytest.skip(f"{what} is not installed (run `make test`)")

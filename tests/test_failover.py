@@ -23,7 +23,7 @@ import os
 import random
 import signal
 import sys
-from typing import Any, List, Optional
+from typing import Any, List
 
 import pytest
 import pytest_twisted

@@ -26,61 +26,21 @@ import pytest
 
 from heimdall.spawner import is_port_free
 from heimdall.state import load_state
-from tests.netutil import alive, free_port
+from tests.netutil import alive, free_port, require
+from tests.processes import TWISTD, HeimdallProcess, free_base
 
 BIN = Path(sys.executable).parent
-TWISTD = str(BIN / "twistd")
 
 
-def _free_base(n):
-    """A base port with n free ports above it (best effort on a shared machine)."""
-    for _ in range(50):
-        base = free_port()
-        if base + n < 65000 and all(is_port_free("127.0.0.1", base + i) for i in range(n + 1)):
-            return base
-    raise RuntimeError("no free port range")
-
-
-def _children(pid):
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
-
-
-class Heimdall:
+class Heimdall(HeimdallProcess):
     """
-    One twistd heimdall in C{directory} (where its state file lives).
+    A twistd heimdall and its manager API.
     """
 
     def __init__(self, directory, config, env=None, name="heimdall"):
-        self.directory = directory
-        self.config = config
-        self.config_path = directory / "config.json"
-        self.config_path.write_text(json.dumps(config))
-        self.log_path = directory / f"{name}.log"
-        self.log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            [TWISTD, "-n", "--pidfile=", "heimdall", "--config", str(self.config_path)],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            cwd=directory,
-            env={**os.environ, **(env or {})},
-        )
+        super().__init__(directory, config, env, name)
         self.manager = f"http://127.0.0.1:{_port_of(config['manager']['listen'])}"
         self.proxy = f"http://127.0.0.1:{_port_of(config['listen'])}"
-        self.known_pids = set()
-
-    def output(self):
-        return self.log_path.read_text(errors="replace")
-
-    def wait_for(self, text, timeout=20):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if text in self.output():
-                return
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.02)
-        raise AssertionError(f"{text!r} not seen; output:\n{self.output()}")
 
     def wait_ready(self):
         self.wait_for("heimdall manager listening")
@@ -99,18 +59,8 @@ class Heimdall:
                 status, raw = error.code, error.read()
         result = json.loads(raw)
         if isinstance(result, dict) and result.get("pid"):
-            self.known_pids.add(result["pid"])
+            self.extra_pids.add(result["pid"])
         return status, result
-
-    def kill_all(self):
-        pids = [self.proc.pid] + _children(self.proc.pid) + sorted(self.known_pids)
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self.proc.wait(timeout=10)
-        self.log.close()
 
 
 def _port_of(endpoint):
@@ -135,17 +85,13 @@ def _config(base, port_range=10, **manager):
 
 
 @pytest.fixture
-def run_heimdall(tmp_path):
-    started = []
+def run_heimdall(run_heimdall):
+    """The shared fixture (conftest.py), making processes with manager calls."""
 
     def run(config, env=None, name="heimdall"):
-        h = Heimdall(tmp_path, config, env, name)
-        started.append(h)
-        return h
+        return run_heimdall(config, env, name, process_class=Heimdall)
 
-    yield run
-    for h in started:
-        h.kill_all()
+    return run
 
 
 def _curl(*args):
@@ -172,7 +118,7 @@ def _wait_until(predicate, timeout=10.0, interval=0.02):
 
 
 def test_the_seed_curl_commands(run_heimdall):
-    base = _free_base(4)
+    base = free_base(4)
     holder = socket.socket()  # another listener holds BASE_PORT: it is skipped
     holder.bind(("127.0.0.1", base))
     holder.listen(1)
@@ -184,7 +130,7 @@ def test_the_seed_curl_commands(run_heimdall):
         added = time.monotonic()
         assert status == 201, server
         port, pid = server["port"], server["pid"]
-        h.known_pids.add(pid)
+        h.extra_pids.add(pid)
         assert port == base + 1 and server["managed"] is True and server["health"]["status"] == "up"
         # Proxied traffic reaches it within 1 s of the 201.
         assert _proxied_backend(h.proxy) == f"127.0.0.1:{port}"
@@ -209,7 +155,7 @@ def test_the_seed_curl_commands(run_heimdall):
 
 
 def test_a_killed_server_is_down_at_once_and_restarted_on_its_port(run_heimdall):
-    h = run_heimdall(_config(_free_base(3))).wait_ready()
+    h = run_heimdall(_config(free_base(3))).wait_ready()
     status, server = h.call("POST", "/servers/add")
     assert status == 201
     port, pid = server["port"], server["pid"]
@@ -230,7 +176,7 @@ def test_a_killed_server_is_down_at_once_and_restarted_on_its_port(run_heimdall)
 
 
 def test_twenty_changes_survive_sigkill(run_heimdall):
-    base = _free_base(4)
+    base = free_base(4)
     config = _config(base)
     config["backends"] = ["http://10.255.1.1:80", "http://10.255.1.2:80"]
     h = run_heimdall(config).wait_ready()
@@ -274,12 +220,11 @@ def test_twenty_changes_survive_sigkill(run_heimdall):
 
 def test_schemathesis_finds_no_failure(run_heimdall):
     schemathesis = BIN / "schemathesis"
-    if not schemathesis.exists():
-        pytest.skip("schemathesis is not installed (pip install -e '.[test]')")
+    require(schemathesis.exists(), "schemathesis")
     # A light command to spawn (http.server starts in a fraction of the
     # demo backend's time), and room for every spawn the run asks for.
     config = _config(
-        _free_base(40),
+        free_base(40),
         port_range=40,
         command=[sys.executable, "-m", "http.server", "{port}", "--bind", "127.0.0.1"],
         ready_path="/",
@@ -312,7 +257,7 @@ def test_schemathesis_finds_no_failure(run_heimdall):
 def test_ctl_token_and_limits_over_real_sockets(run_heimdall):
     # Listening on every interface is allowed with a token (from the
     # environment here); only 127.0.0.1 is ever connected to.
-    config = _config(_free_base(3), token_env="TEST_HEIMDALL_TOKEN")
+    config = _config(free_base(3), token_env="TEST_HEIMDALL_TOKEN")
     config["manager"]["listen"] = config["manager"]["listen"].replace(":interface=127.0.0.1", ":interface=0.0.0.0")
     h = run_heimdall(config, env={"TEST_HEIMDALL_TOKEN": "s3cret"}).wait_ready()
     assert "(bearer token required)" in h.output()
@@ -325,7 +270,7 @@ def test_ctl_token_and_limits_over_real_sockets(run_heimdall):
     added = run("add")
     assert added.returncode == 0, added.stderr
     port = int(added.stdout.split()[1].split(":")[1])
-    h.known_pids.add(h.call("GET", f"/servers/{port}", token="s3cret")[1]["pid"])
+    h.extra_pids.add(h.call("GET", f"/servers/{port}", token="s3cret")[1]["pid"])
     listed = run("list")
     assert listed.returncode == 0 and listed.stdout.splitlines()[0].startswith("ID ")
     assert f"127.0.0.1:{port}" in listed.stdout
@@ -382,7 +327,7 @@ def _read_all(sock):
 )
 def test_refuses_to_start(tmp_path, change, env, message):
     port = free_port()
-    config = _config(_free_base(1))
+    config = _config(free_base(1))
     config["manager"].update({k: v.format(port=port) for k, v in change.items()})
     if not change:
         (tmp_path / "heimdall-state.json").write_text('{"version": 1, "servers": [')
@@ -403,7 +348,7 @@ def test_a_manager_port_in_use_stops_heimdall_with_status_1(tmp_path):
     holder.bind(("127.0.0.1", 0))
     holder.listen(1)
     try:
-        config = _config(_free_base(1))
+        config = _config(free_base(1))
         config["manager"]["listen"] = f"tcp:{holder.getsockname()[1]}:interface=127.0.0.1"
         (tmp_path / "config.json").write_text(json.dumps(config))
         result = subprocess.run(

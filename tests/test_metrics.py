@@ -25,7 +25,7 @@ from prometheus_client.openmetrics.parser import (
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from heimdall.metrics import DURATION_BUCKETS, Metrics, MetricsResource
-from tests.netutil import free_port
+from tests.netutil import require, free_port
 
 
 def _value(metrics, name, **labels):
@@ -388,9 +388,9 @@ def _promtool():
     return shutil.which("promtool") or (beside if os.access(beside, os.X_OK) else None)
 
 
-@pytest.mark.skipif(_promtool() is None, reason="promtool not installed (make test extracts it from Debian's prometheus)")
 @pytest_twisted.inlineCallbacks
 def test_promtool_check_metrics_accepts_the_exposition(served, http):
+    require(_promtool() is not None, "promtool (make test extracts it from Debian's prometheus)")
     proxy, metrics, url = served()
     yield _traffic(http, proxy)
     response = yield http.get(url)

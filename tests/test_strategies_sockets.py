@@ -5,13 +5,7 @@ backends (issue 3's integration checks).
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
 from collections import Counter
-from pathlib import Path
 
 import pytest_twisted
 from twisted.internet import task
@@ -123,58 +117,38 @@ def test_sticky_round_robin_keeps_a_cookie_jar_on_one_backend(reactor, start_bac
 
 
 @pytest_twisted.inlineCallbacks
-def test_url_hash_agrees_across_two_heimdall_processes(reactor, start_backends, http, tmp_path):
+def test_url_hash_agrees_across_two_heimdall_processes(reactor, start_backends, http, run_heimdall):
     ports = start_backends(3)
-    twistd = str(Path(sys.executable).with_name("twistd"))
-    procs, proxy_ports = [], []
-    try:
-        for i in range(2):
-            port = free_port()
-            config = tmp_path / f"h{i}.json"
-            config.write_text(
-                json.dumps(
-                    {
-                        "listen": f"tcp:{port}:interface=127.0.0.1",
-                        "strategy": "url_hash",
-                        "backends": [f"http://127.0.0.1:{p}" for p in ports],
-                        "access_log": {"enabled": False},
-                        "manager": {"listen": "tcp:0:interface=127.0.0.1"},
-                    }
-                )
-            )
-            procs.append(
-                subprocess.Popen(
-                    [twistd, "-n", "--pidfile=", "heimdall", "--config", str(config)],
-                    cwd=tmp_path,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                    env={**os.environ, "PYTHONHASHSEED": str(i + 1)},  # different salts
-                )
-            )
-            proxy_ports.append(port)
-        for port in proxy_ports:
-            for _ in range(200):
-                try:
-                    response = yield http.get(f"http://127.0.0.1:{port}/ping")
-                    yield response.content()
-                    break
-                except Exception:
-                    yield task.deferLater(reactor, 0.05, lambda: None)
-        placement = []
-        for port in proxy_ports:
-            chosen = {}
-            for n in range(30):
-                response = yield http.get(f"http://127.0.0.1:{port}/item/{n}?q=1")
-                yield response.content()
-                chosen[n] = response.headers.getRawHeaders(b"X-Backend")[0]
-            placement.append(chosen)
-        assert placement[0] == placement[1]
-        assert len(set(placement[0].values())) == 3  # and the paths are spread
-    finally:
-        for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs:
+    proxy_ports = []
+    for i in range(2):
+        port = free_port()
+        run_heimdall(
+            {
+                "listen": f"tcp:{port}:interface=127.0.0.1",
+                "strategy": "url_hash",
+                "backends": [f"http://127.0.0.1:{p}" for p in ports],
+                "access_log": {"enabled": False},
+                "manager": {"listen": "tcp:0:interface=127.0.0.1", "state_file": f"state-{i}.json"},
+            },
+            env={"PYTHONHASHSEED": str(i + 1)},  # different salts
+            name=f"h{i}",
+        )
+        proxy_ports.append(port)
+    for port in proxy_ports:
+        for _ in range(200):
             try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+                response = yield http.get(f"http://127.0.0.1:{port}/ping")
+                yield response.content()
+                break
+            except Exception:
+                yield task.deferLater(reactor, 0.05, lambda: None)
+    placement = []
+    for port in proxy_ports:
+        chosen = {}
+        for n in range(30):
+            response = yield http.get(f"http://127.0.0.1:{port}/item/{n}?q=1")
+            yield response.content()
+            chosen[n] = response.headers.getRawHeaders(b"X-Backend")[0]
+        placement.append(chosen)
+    assert placement[0] == placement[1]
+    assert len(set(placement[0].values())) == 3  # and the paths are spread

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import html.parser
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -21,17 +19,12 @@ from typing import Optional
 import pytest
 
 from tests.netutil import free_port
+from tests.processes import HeimdallProcess
 
-TWISTD = str(Path(sys.executable).with_name("twistd"))
 STRESS = [sys.executable, "-m", "heimdall.stress"]
 
 
-def _children(pid):
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True, check=False).stdout
-    return [int(p) for p in out.split()]
-
-
-class RunningHeimdall:
+class RunningHeimdall(HeimdallProcess):
     """
     C{twistd -n heimdall} with C{spawn} demo backends; C{ports} are theirs.
     """
@@ -39,32 +32,25 @@ class RunningHeimdall:
     def __init__(self, directory: Path, spawn: int = 3, health: Optional[dict] = None, restart: Optional[dict] = None):
         self.proxy_port = free_port()
         self.manager_port = free_port()
-        base = free_port()
         config = {
             "listen": f"tcp:{self.proxy_port}:interface=127.0.0.1",
             "strategy": "round_robin",
             "spawn": spawn,
-            "manager": {"listen": f"tcp:{self.manager_port}:interface=127.0.0.1", "base_port": base},
+            "manager": {"listen": f"tcp:{self.manager_port}:interface=127.0.0.1", "base_port": free_port()},
             "access_log": {"enabled": False},
         }
         if health is not None:
             config["health"] = health
         if restart is not None:
             config["manager"]["restart"] = restart
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / "config.json").write_text(json.dumps(config))
-        self.log_path = directory / "heimdall.log"
-        self.log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            [TWISTD, "-n", "--pidfile=", "heimdall", "--config", "config.json"],
-            stdout=self.log, stderr=subprocess.STDOUT, cwd=directory,
-        )
+        super().__init__(directory, config)
         self.url = f"http://127.0.0.1:{self.proxy_port}"
         self.manager = f"http://127.0.0.1:{self.manager_port}"
-        self.ports = self._wait_spawned(spawn)
-
-    def output(self):
-        return self.log_path.read_text(errors="replace")
+        try:
+            self.ports = self._wait_spawned(spawn)
+        except BaseException:
+            self.kill_all()  # the caller never gets it to stop
+            raise
 
     def _wait_spawned(self, n, timeout=30):
         deadline = time.monotonic() + timeout
@@ -83,22 +69,6 @@ class RunningHeimdall:
         """
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
             return json.loads(response.read())["count"]
-
-    def stop(self):
-        pids = _children(self.proc.pid)
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
-        for pid in [self.proc.pid] + pids + _children(self.proc.pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self.proc.wait(timeout=10)
-        self.log.close()
 
 
 @pytest.fixture(scope="module")

@@ -7,91 +7,20 @@ killed at the end, pass or fail.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
-import pytest
 
 from heimdall.spawner import is_port_free
 from tests.netutil import alive, free_port
-
-TWISTD = str(Path(sys.executable).with_name("twistd"))
-
-
-def _free_base(n):
-    """A base port with n free ports above it (best effort on a shared machine)."""
-    for _ in range(50):
-        base = free_port()
-        if base + n < 65000 and all(_is_free(base + i) for i in range(n + 2)):
-            return base
-    raise RuntimeError("no free port range")
-
+from tests.processes import TWISTD, children, free_base
 
 def _is_free(port):
     return is_port_free("127.0.0.1", port)
-
-
-def _children(pid):
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
-
-
-class Heimdall:
-    def __init__(self, tmp_path, config):
-        self.config_path = tmp_path / "config.json"
-        self.config_path.write_text(json.dumps(config))
-        self.log_path = tmp_path / "heimdall.log"
-        self.log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            [TWISTD, "-n", "--pidfile=", "heimdall", "--config", str(self.config_path)],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            cwd=tmp_path,
-        )
-        self.spawned = []
-
-    def output(self):
-        return self.log_path.read_text(errors="replace")
-
-    def wait_for(self, text, timeout=20):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.output().count(text) and self.proc.poll() is None:
-                return
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        raise AssertionError(f"{text!r} not seen; output:\n{self.output()}")
-
-    def kill_all(self):
-        pids = [self.proc.pid] + _children(self.proc.pid) + self.spawned
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self.proc.wait(timeout=10)
-        self.log.close()
-
-
-@pytest.fixture
-def run_heimdall(tmp_path):
-    started = []
-
-    def run(config):
-        h = Heimdall(tmp_path, config)
-        started.append(h)
-        return h
-
-    yield run
-    for h in started:
-        h.kill_all()
 
 
 def _get(url):
@@ -115,16 +44,14 @@ def _spawned_pids(h, n):
         if h.output().count("spawned demo backend") >= n:
             break
         time.sleep(0.05)
-    kids = []
-    for pid in _children(h.proc.pid):
-        kids.append(pid)
+    kids = children(h.proc.pid)
     assert len(kids) == n, (kids, h.output())
-    h.spawned = kids
+    h.extra_pids.update(kids)
     return kids
 
 
 def test_spawns_three_backends_round_robin_then_sigterm_leaves_no_orphans(run_heimdall):
-    port, base = free_port(), _free_base(3)
+    port, base = free_port(), free_base(3)
     h = run_heimdall(_config(port, base))
     kids = _spawned_pids(h, 3)
     seen = [_get(f"http://127.0.0.1:{port}/")[1] for _ in range(6)]
@@ -150,7 +77,7 @@ def test_spawns_three_backends_round_robin_then_sigterm_leaves_no_orphans(run_he
 
 
 def test_sigkill_of_heimdall_leaves_no_orphans(run_heimdall):
-    port, base = free_port(), _free_base(2)
+    port, base = free_port(), free_base(2)
     h = run_heimdall(_config(port, base, spawn=2))
     kids = _spawned_pids(h, 2)
     h.proc.send_signal(signal.SIGKILL)
@@ -162,7 +89,7 @@ def test_sigkill_of_heimdall_leaves_no_orphans(run_heimdall):
 
 
 def test_a_held_port_is_skipped(run_heimdall):
-    port, base = free_port(), _free_base(3)
+    port, base = free_port(), free_base(3)
     holder = socket.socket()
     holder.bind(("127.0.0.1", base))
     holder.listen(1)
@@ -191,7 +118,7 @@ def test_bad_config_refuses_to_start(tmp_path):
 def test_log_section_json_to_a_file(run_heimdall, tmp_path):
     port = free_port()
     log_file = tmp_path / "heimdall.jsonl"
-    config = _config(port, _free_base(1), spawn=0)
+    config = _config(port, free_base(1), spawn=0)
     config["log"] = {"format": "json", "path": str(log_file), "level": "info"}
     run_heimdall(config)
     deadline = time.monotonic() + 20
@@ -261,7 +188,7 @@ def test_request_id_and_log_reopen_on_sigusr1(run_heimdall, tmp_path):
     reopens the access log after logrotate moved it."""
     port = free_port()
     access = tmp_path / "access.log"
-    config = _config(port, _free_base(1), spawn=1)
+    config = _config(port, free_base(1), spawn=1)
     config["access_log"] = {"enabled": True, "format": "json", "path": str(access)}
     h = run_heimdall(config)
     _spawned_pids(h, 1)
@@ -295,7 +222,7 @@ def test_metrics_served_by_the_manager(run_heimdall):
     from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
     port, manager_port = free_port(), free_port()
-    config = _config(port, _free_base(2), spawn=2)
+    config = _config(port, free_base(2), spawn=2)
     config["manager"]["listen"] = f"tcp:{manager_port}:interface=127.0.0.1"
     config["manager"]["state_file"] = "state.json"
     h = run_heimdall(config)

@@ -257,6 +257,16 @@ class WeightedSampler:
         self._total = self._cumulative[-1] if self.weights else 0
         self._uniform = len(set(self.weights)) <= 1
 
+    def rebuilt(self, members) -> "WeightedSampler":
+        """
+        A sampler for C{members}: this one if neither the members nor their
+        weights changed (rebuilds must stay cheap and idempotent), else new.
+        """
+        members = list(members)
+        if members == self.members and [m.weight for m in members] == self.weights:
+            return self
+        return WeightedSampler(members)
+
     def sample(self, random: Any) -> Any:
         members = self.members
         if not members:

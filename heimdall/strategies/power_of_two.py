@@ -31,9 +31,7 @@ class PowerOfTwo:
     _sampler: WeightedSampler = attrs.field(factory=lambda: WeightedSampler([]))
 
     def rebuild(self, members) -> None:
-        members = list(members)
-        if members != self._sampler.members or [m.weight for m in members] != self._sampler.weights:
-            self._sampler = WeightedSampler(members)
+        self._sampler = self._sampler.rebuilt(members)
 
     def pick(self, context, avoid: Collection = ()):
         first = self._sampler.sample_not_avoided(self.random, avoid)
