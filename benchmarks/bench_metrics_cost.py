@@ -5,7 +5,7 @@ What Prometheus metrics cost the proxy.  Run by hand:
 
 Two measurements:
 
-1. Per request, in-process: the time of the observers heimdall.metrics
+1. Per request, in-process: the time of the observers heimdall.observe.metrics
    attaches (one RequestRecord and one Outcome per request), next to the
    same updates done the obvious way with prometheus_client's own
    Counter/Histogram children (labels() + inc()/observe()).
@@ -57,9 +57,9 @@ def free_port() -> int:
 def micro(repeat: int = 200_000) -> dict:
     from prometheus_client import CollectorRegistry, Counter, Histogram
 
-    from heimdall.metrics import DURATION_BUCKETS, Metrics
-    from heimdall.pool import Backend, Member, Outcome
-    from heimdall.proxy import RequestRecord
+    from heimdall.observe.metrics import DURATION_BUCKETS, Metrics
+    from heimdall.pool.pool import Backend, Member, Outcome
+    from heimdall.proxy.resource import RequestRecord
 
     members = [Member(backend=Backend.from_url(f"http://127.0.0.1:{9000 + i}"), added_at=0.0) for i in range(4)]
     records = [
@@ -175,12 +175,12 @@ def serve(port: int, backends, variant: str, metrics_port: int) -> None:
     from twisted.web.resource import Resource
     from twisted.web.server import Site
 
-    from heimdall.metrics import Metrics, MetricsResource
-    from heimdall.pool import Backend, BackendPool
-    from heimdall.proxy import BalancerResource
-    from heimdall.registry import default_registry
-    from heimdall.site import HeimdallSite
-    from heimdall.upstream import UpstreamPool
+    from heimdall.observe.metrics import Metrics, MetricsResource
+    from heimdall.pool.pool import Backend, BackendPool
+    from heimdall.proxy.resource import BalancerResource
+    from heimdall.strategies.registry import default_registry
+    from heimdall.proxy.site import HeimdallSite
+    from heimdall.proxy.upstream import UpstreamPool
 
     pool = BackendPool(default_registry().create("round_robin", {}, random.Random(), reactor), clock=reactor)
     for backend in backends:
@@ -391,7 +391,7 @@ def main() -> None:
         return
     results = {"micro": micro()}
     m = results["micro"]
-    print(f"per request, in-process: heimdall.metrics observers {m['heimdall_metrics_ns_per_request']} ns, "
+    print(f"per request, in-process: heimdall.observe.metrics observers {m['heimdall_metrics_ns_per_request']} ns, "
           f"{m['heimdall_metrics_with_record_ns_per_request']} ns with the RequestRecord they need; "
           f"the same with prometheus_client children {m['prometheus_client_children_ns_per_request']} ns",
           flush=True)

@@ -25,9 +25,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from twisted.internet.task import Clock
 from twisted.web.http_headers import Headers
 
-from heimdall.context import RequestContext
-from heimdall.pool import Backend, BackendPool, Health, Outcome
-from heimdall.registry import default_registry
+from heimdall.pool.context import RequestContext
+from heimdall.pool.pool import Backend, BackendPool, Health, Outcome
+from heimdall.strategies.registry import default_registry
 
 #: Options for strategies that need some, and extra variants worth timing.
 CONFIGURATIONS = {

@@ -21,25 +21,25 @@ __version__ = "0.1.0"
 
 # public name -> module it lives in
 _EXPORTS = {
-    "AdminState": "heimdall.pool",
-    "Backend": "heimdall.pool",
-    "BackendPool": "heimdall.pool",
-    "Health": "heimdall.pool",
-    "Member": "heimdall.pool",
-    "Outcome": "heimdall.pool",
-    "PoolEvent": "heimdall.pool",
-    "is_eligible": "heimdall.pool",
-    "BalancerResource": "heimdall.proxy",
-    "HeimdallSite": "heimdall.site",
-    "UpstreamPool": "heimdall.upstream",
-    "RequestContext": "heimdall.context",
+    "AdminState": "heimdall.pool.pool",
+    "Backend": "heimdall.pool.pool",
+    "BackendPool": "heimdall.pool.pool",
+    "Health": "heimdall.pool.pool",
+    "Member": "heimdall.pool.pool",
+    "Outcome": "heimdall.pool.pool",
+    "PoolEvent": "heimdall.pool.pool",
+    "is_eligible": "heimdall.pool.pool",
+    "BalancerResource": "heimdall.proxy.resource",
+    "HeimdallSite": "heimdall.proxy.site",
+    "UpstreamPool": "heimdall.proxy.upstream",
+    "RequestContext": "heimdall.pool.context",
     "IStrategy": "heimdall.interfaces",
     "IStrategyFactory": "heimdall.interfaces",
-    "StrategyRegistry": "heimdall.registry",
-    "default_registry": "heimdall.registry",
-    "Config": "heimdall.config",
-    "load_config": "heimdall.config",
-    "parse_config": "heimdall.config",
+    "StrategyRegistry": "heimdall.strategies.registry",
+    "default_registry": "heimdall.strategies.registry",
+    "Config": "heimdall.config.model",
+    "load_config": "heimdall.config.model",
+    "parse_config": "heimdall.config.model",
     "ConfigError": "heimdall.errors",
     "NoBackendAvailable": "heimdall.errors",
     "UnknownStrategy": "heimdall.errors",
@@ -66,14 +66,14 @@ def __dir__():
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from heimdall.config import Config, load_config, parse_config
-    from heimdall.context import RequestContext
+    from heimdall.config.model import Config, load_config, parse_config
+    from heimdall.pool.context import RequestContext
     from heimdall.embed import balancer_resource, create_strategy
     from heimdall.errors import ConfigError, NoBackendAvailable, StrategyOptionError, UnknownStrategy
     from heimdall.interfaces import IStrategy, IStrategyFactory
-    from heimdall.pool import AdminState, Backend, BackendPool, Health, Member, Outcome, PoolEvent, is_eligible
-    from heimdall.proxy import BalancerResource
-    from heimdall.registry import StrategyRegistry, default_registry
+    from heimdall.pool.pool import AdminState, Backend, BackendPool, Health, Member, Outcome, PoolEvent, is_eligible
+    from heimdall.proxy.resource import BalancerResource
+    from heimdall.strategies.registry import StrategyRegistry, default_registry
     from heimdall.service import HeimdallService
-    from heimdall.site import HeimdallSite
-    from heimdall.upstream import UpstreamPool
+    from heimdall.proxy.site import HeimdallSite
+    from heimdall.proxy.upstream import UpstreamPool

@@ -8,10 +8,10 @@ from __future__ import annotations
 import random as _random
 from typing import Any, Iterable, Mapping, Optional, Union
 
-from heimdall.pool import Backend, BackendPool
-from heimdall.proxy import BalancerResource
-from heimdall.registry import default_registry
-from heimdall.upstream import UpstreamPool
+from heimdall.pool.pool import Backend, BackendPool
+from heimdall.proxy.resource import BalancerResource
+from heimdall.strategies.registry import default_registry
+from heimdall.proxy.upstream import UpstreamPool
 
 
 def create_strategy(

@@ -15,7 +15,7 @@ class IStrategy(Interface):
     """
     A load-balancing algorithm: picks one backend per request.
 
-    A strategy only ever sees pool members (L{heimdall.pool.Member}).  It
+    A strategy only ever sees pool members (L{heimdall.pool.pool.Member}).  It
     may read their live counters (C{in_flight}, C{ttfb_avg}, ...) and
     C{backend.weight}, but never changes them: the pool owns them.
     """
@@ -31,7 +31,7 @@ class IStrategy(Interface):
         calling it once.  It may precompute (a ring, a heap); it may cost
         more than C{pick}.
 
-        @param members: a sequence of L{heimdall.pool.Member}.
+        @param members: a sequence of L{heimdall.pool.pool.Member}.
         """
 
     def pick(context, avoid=()):
@@ -43,7 +43,7 @@ class IStrategy(Interface):
         that already failed this request, for retries) but returns one in
         C{avoid} rather than none.  Copes with absent context fields.
 
-        @param context: a L{heimdall.context.RequestContext}.
+        @param context: a L{heimdall.pool.context.RequestContext}.
         @param avoid: a container of members not to pick if possible.
         @raise heimdall.errors.NoBackendAvailable: when the set is empty.
         """
@@ -88,7 +88,7 @@ class IResponseObserver(Interface):
 class IUpstreamResponseHandler(Interface):
     """
     Receives one upstream response from an
-    L{heimdall.upstream.UpstreamConnection}.  Exactly one of
+    L{heimdall.proxy.upstream.UpstreamConnection}.  Exactly one of
     C{response_finished} or C{response_failed} is called last, once.
     """
 
@@ -136,15 +136,15 @@ class IUpstreamResponseHandler(Interface):
 class IHealthCheck(Interface):
     """
     One kind of active probe (HTTP, TCP connect, ...), run by
-    L{heimdall.health.HealthProber} on its schedule.
+    L{heimdall.health.active.HealthProber} on its schedule.
     """
 
     def check(backend):
         """
         Probe C{backend} once.
 
-        @param backend: a L{heimdall.pool.Backend}.
-        @return: a L{Deferred} firing with a L{heimdall.health.ProbeOutcome}
+        @param backend: a L{heimdall.pool.pool.Backend}.
+        @return: a L{Deferred} firing with a L{heimdall.health.active.ProbeOutcome}
             (C{ok}, C{detail}); it may also fail, or the call may raise: the
             prober turns every failure into a failed result, never into an
             exception that would stop its loop.  It must honour
@@ -159,7 +159,7 @@ class IHealthCheck(Interface):
 class IAlertSink(Interface):
     """
     Where alerts go: the log, a webhook, a program.  Fed by
-    L{heimdall.alerts.AlertDispatcher}, never on the data path.
+    L{heimdall.observe.alerts.AlertDispatcher}, never on the data path.
     """
 
     name = Attribute("A short description for the log, e.g. the webhook's URL (str).")
@@ -169,7 +169,7 @@ class IAlertSink(Interface):
         Deliver one alert, without blocking.
 
         @param alert: the alert document, a JSON-ready C{dict} (its shape is
-            documented in docs/health.md and L{heimdall.alerts}).
+            documented in docs/health.md and L{heimdall.observe.alerts}).
         @return: L{None}, or a L{Deferred} that fires (never fails) when the
             delivery is over, with whether it succeeded.  A failed delivery
             is logged by the sink, never raised.

@@ -17,9 +17,9 @@ from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
-from heimdall.accesslog import AccessLog
-from heimdall.config import Config
-from heimdall.manager import (
+from heimdall.observe.accesslog import AccessLog
+from heimdall.config.model import Config
+from heimdall.manager.api import (
     HttpReadyCheck,
     ManagerResource,
     ManagerSite,
@@ -27,13 +27,13 @@ from heimdall.manager import (
     check_exposure,
     resolve_token,
 )
-from heimdall.pool import BackendPool
-from heimdall.proxy import BalancerResource
-from heimdall.registry import default_registry
-from heimdall.site import HeimdallSite
-from heimdall.spawner import RestartPolicy
-from heimdall.state import State, StateWriter, load_state, run_in_reactor_threads
-from heimdall.upstream import UpstreamPool
+from heimdall.pool.pool import BackendPool
+from heimdall.proxy.resource import BalancerResource
+from heimdall.strategies.registry import default_registry
+from heimdall.proxy.site import HeimdallSite
+from heimdall.manager.spawner import RestartPolicy
+from heimdall.manager.statefile import State, StateWriter, load_state, run_in_reactor_threads
+from heimdall.proxy.upstream import UpstreamPool
 
 _log = Logger()
 
@@ -59,10 +59,10 @@ def preflight(config: Config, environ: Optional[Mapping[str, str]] = None) -> Pr
     read the state file.
 
     @raise heimdall.errors.ConfigError: for the token or the exposure.
-    @raise heimdall.state.StateFileError: naming the state file, if it
+    @raise heimdall.manager.statefile.StateFileError: naming the state file, if it
         exists but cannot be read or parsed.
     """
-    from heimdall.health_config import parse_alerts, parse_health
+    from heimdall.config.health import parse_alerts, parse_health
 
     # The health and alerts sections are validated by their own parsers.
     parse_health(config.health)
@@ -107,7 +107,7 @@ class HeimdallService(service.MultiService):
             config.strategy.name, dict(config.strategy.options), _random.Random(), reactor
         )
         self.pool = BackendPool(strategy, clock=reactor)
-        from heimdall.health_wiring import build_health
+        from heimdall.health.wiring import build_health
 
         # Active checks, outlier detection, alerts and the retry budget.
         self.health = build_health(config.health, config.alerts, self.pool, reactor, reactor)
@@ -144,7 +144,7 @@ class HeimdallService(service.MultiService):
             idle_timeout=config.timeouts.client_idle,
             reactor=reactor,
         )
-        from heimdall.spawner import ServerSpawner
+        from heimdall.manager.spawner import ServerSpawner
 
         manager_config = config.manager
         self.spawner = ServerSpawner(
@@ -179,7 +179,7 @@ class HeimdallService(service.MultiService):
         # config.json's backends with the state file's changes, at once;
         # managed servers are spawned when the service starts.
         self._to_restore = self.manager.load(checked.state)
-        from heimdall.metrics import Metrics, exposition
+        from heimdall.observe.metrics import Metrics, exposition
 
         # Prometheus metrics, served by the manager at /metrics.
         self.metrics = Metrics(strategy_name=config.strategy.name)
@@ -207,7 +207,7 @@ class HeimdallService(service.MultiService):
         result = super().setServiceParent(parent)
         # Under twistd the parent is the application, whose logger starts
         # after this and uses the observer we set here.
-        from heimdall.logconfig import install_on_application
+        from heimdall.observe.logging import install_on_application
 
         install_on_application(parent, self.config.log)
         return result
@@ -216,7 +216,7 @@ class HeimdallService(service.MultiService):
         """
         Reopen the access log and heimdall's own log files (SIGUSR1).
         """
-        from heimdall.logconfig import reopen_log_files
+        from heimdall.observe.logging import reopen_log_files
 
         if self.access_log is not None:
             self.access_log.reopen()

@@ -23,7 +23,7 @@ class Options(usage.Options):
     ]
 
     def postOptions(self) -> None:
-        from heimdall.config import load_config
+        from heimdall.config.model import load_config
 
         try:
             config = load_config(self["config"])
@@ -34,7 +34,7 @@ class Options(usage.Options):
             # twistd prints this and exits non-zero: heimdall refuses to start.
             raise usage.UsageError(f"invalid configuration: {e}") from None
         from heimdall.service import preflight
-        from heimdall.state import StateFileError
+        from heimdall.manager.statefile import StateFileError
 
         try:
             # The manager's token and exposure, and the state file, are

@@ -47,10 +47,10 @@ from twisted.web.server import Site
 from zope.interface import directlyProvides, implementer
 
 from heimdall.embed import create_strategy
-from heimdall.pool import Backend, BackendPool, Member
-from heimdall.proxy import BalancerResource
-from heimdall.site import HeimdallSite
-from heimdall.upstream import UpstreamConnection, UpstreamPool
+from heimdall.pool.pool import Backend, BackendPool, Member
+from heimdall.proxy.resource import BalancerResource
+from heimdall.proxy.site import HeimdallSite
+from heimdall.proxy.upstream import UpstreamConnection, UpstreamPool
 
 __all__ = [
     "ExchangeIncomplete",

@@ -93,11 +93,11 @@ def start_proxy(tracked, reactor):
     start_proxy(backend_urls, **options) -> ProxyUnderTest, listening on
     127.0.0.1:0, torn down after the test.
     """
-    from heimdall.pool import Backend, BackendPool
-    from heimdall.proxy import BalancerResource
-    from heimdall.registry import default_registry
-    from heimdall.site import HeimdallSite
-    from heimdall.upstream import UpstreamPool
+    from heimdall.pool.pool import Backend, BackendPool
+    from heimdall.proxy.resource import BalancerResource
+    from heimdall.strategies.registry import default_registry
+    from heimdall.proxy.site import HeimdallSite
+    from heimdall.proxy.upstream import UpstreamPool
 
     def start(backends, strategy="round_robin", site_options=None, connect_timeout=2.0, **resource_options):
         pool = BackendPool(

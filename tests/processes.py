@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from heimdall.spawner import is_port_free
+from heimdall.manager.spawner import is_port_free
 from tests.netutil import free_port
 
 TWISTD = str(Path(sys.executable).with_name("twistd"))

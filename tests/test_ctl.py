@@ -13,10 +13,10 @@ import json
 import pytest
 
 from heimdall.cli import main as cli_main
-from heimdall.config import BackendConfig
+from heimdall.config.model import BackendConfig
 from heimdall.ctl import main
 
-from tests.test_manager_support import Harness
+from tests.manager.support import Harness
 
 
 class Ctl:

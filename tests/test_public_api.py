@@ -34,15 +34,15 @@ def test_public_name_is_the_original(name):
 
 def test_some_originals_by_hand():
     import heimdall.embed
-    import heimdall.pool
-    import heimdall.proxy
-    import heimdall.site
-    import heimdall.upstream
+    import heimdall.pool.pool
+    import heimdall.proxy.resource
+    import heimdall.proxy.site
+    import heimdall.proxy.upstream
 
-    assert heimdall.BalancerResource is heimdall.proxy.BalancerResource
-    assert heimdall.HeimdallSite is heimdall.site.HeimdallSite
-    assert heimdall.UpstreamPool is heimdall.upstream.UpstreamPool
-    assert heimdall.BackendPool is heimdall.pool.BackendPool
+    assert heimdall.BalancerResource is heimdall.proxy.resource.BalancerResource
+    assert heimdall.HeimdallSite is heimdall.proxy.site.HeimdallSite
+    assert heimdall.UpstreamPool is heimdall.proxy.upstream.UpstreamPool
+    assert heimdall.BackendPool is heimdall.pool.pool.BackendPool
     assert heimdall.balancer_resource is heimdall.embed.balancer_resource
 
 

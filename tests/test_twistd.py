@@ -15,7 +15,7 @@ import time
 import urllib.request
 
 
-from heimdall.spawner import is_port_free
+from heimdall.manager.spawner import is_port_free
 from tests.netutil import alive, free_port
 from tests.processes import TWISTD, children, free_base
 

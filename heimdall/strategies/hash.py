@@ -6,7 +6,7 @@ C{trusted_proxies}), C{url} (the path, and the query with
 C{include_query}), C{header:NAME}, C{cookie:NAME} or C{query:NAME}.  A
 request without the key (no such header, an empty cookie) goes round robin.
 
-The ring (L{heimdall.hashing.HashRing}) has virtual nodes in proportion to
+The ring (L{heimdall.strategies.hashing.HashRing}) has virtual nodes in proportion to
 weight, placed by a stable hash, so every heimdall maps a key to the same
 backend and adding or removing a backend moves only about 1/N of the keys.
 A pick is one stable hash and one bisection: O(log n).
@@ -33,7 +33,7 @@ import attrs
 from zope.interface import implementer
 
 from heimdall.errors import NoBackendAvailable, StrategyOptionError
-from heimdall.hashing import DEFAULT_POINTS_PER_WEIGHT, HashRing, stable_hash
+from heimdall.strategies.hashing import DEFAULT_POINTS_PER_WEIGHT, HashRing, stable_hash
 from heimdall.interfaces import IInFlightAware, IStrategy
 from heimdall.strategies._base import (
     StrategyFactory,

@@ -1,0 +1,3 @@
+"""
+The config file: frozen values, field parsers and the strict JSON reader.
+"""

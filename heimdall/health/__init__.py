@@ -1,0 +1,3 @@
+"""
+Active health checks and passive outlier detection, writing to the pool.
+"""

@@ -1,0 +1,520 @@
+"""
+Active health checks: L{HealthProber} probes every backend of a pool on its
+own schedule and reports through L{BackendPool.set_health} and
+L{BackendPool.record_check}.
+
+Per backend:
+
+  - one L{LoopingCall} on the injected clock, ticking every C{interval}
+    while the backend is up (or not known yet) and every C{down_interval}
+    while it is down or ejected;
+  - each tick waits a random delay of up to C{jitter} x the interval (so
+    that checks spread out), then runs the probe (an L{IHealthCheck}: HTTP
+    or TCP connect) with a timeout; a LoopingCall never starts a tick while
+    the last one's Deferred is pending, so probes of one backend never
+    overlap (a tick that runs late skips the ticks it missed);
+  - every outcome, a raised exception included, becomes a L{CheckResult}:
+    nothing escapes into the LoopingCall, which would stop for good;
+  - hysteresis as in HAProxy: C{fall} consecutive failures take an up
+    backend down, C{rise} consecutive passes bring a down one up; the very
+    first result settles a backend whose health is still unknown (a
+    backend is served before its first check, like HAProxy's servers that
+    start up);
+  - a backend ejected by outlier detection returns early once C{rise}
+    checks started after the ejection passed.
+
+The backends come and go with the pool: the prober follows its C{added} and
+C{removed} events.
+"""
+
+from __future__ import annotations
+
+import random as _random
+import re
+from typing import Callable, Dict, List, Optional
+
+import attrs
+from twisted.internet import defer, error
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import ClientFactory, Protocol
+from twisted.internet.task import LoopingCall, deferLater
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import client as web_client
+from twisted.web.http_headers import Headers
+from zope.interface import implementer
+
+from heimdall.config.health import CheckSettings, HealthConfig
+from heimdall.interfaces import IHealthCheck
+from heimdall.pool.pool import Backend, BackendPool, CheckResult, Health, Member, PoolEvent
+
+__all__ = [
+    "HealthProber",
+    "HttpCheck",
+    "ProbeOutcome",
+    "TcpCheck",
+    "default_check_factory",
+    "describe_failure",
+    "quiet_connection_pool",
+]
+
+_log = Logger()
+
+#: Bytes of a probe's response body kept for C{body_regex}; the rest is
+#: not read (the connection is closed).
+MAX_PROBE_BODY = 64 * 1024
+
+_USER_AGENT = b"heimdall-health-check/1"
+
+
+@attrs.frozen
+class ProbeOutcome:
+    """
+    What an L{IHealthCheck} found: passed or not, and a short detail such
+    as C{"HTTP 200"} or C{"HTTP 503, expected 200-399"}.
+    """
+
+    ok: bool
+    detail: str = ""
+
+
+def describe_failure(failure: Failure) -> str:
+    """
+    A short, stable description of why a probe failed: C{"connect
+    refused"}, C{"connect timeout"}, C{"connection reset"}, C{"no response"},
+    or the exception's message.
+    """
+    value = failure.value
+    # Agent wraps the real reasons in lists.
+    reasons = getattr(value, "reasons", None)
+    if reasons:
+        return describe_failure(reasons[0])
+    if isinstance(value, error.ConnectionRefusedError):
+        return "connect refused"
+    if isinstance(value, (error.TimeoutError, error.TCPTimedOutError)):
+        return "connect timeout"
+    if isinstance(value, error.DNSLookupError):
+        return "DNS lookup failed"
+    if isinstance(value, (error.ConnectionLost, error.ConnectionDone)):
+        return "connection closed"
+    if isinstance(value, error.ConnectError):
+        return f"connect failed: {value.osError or value}" if getattr(value, "osError", None) else "connect failed"
+    if isinstance(value, CancelledError):
+        return "cancelled"
+    text = str(value) or type(value).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+# --- probes ------------------------------------------------------------------
+
+
+class _BodyCollector(Protocol):
+    """
+    Collects up to C{limit} bytes of a response body, then stops reading
+    (the probe's connection is never reused, so it is simply closed).
+    """
+
+    def __init__(self, done: Deferred, limit: int) -> None:
+        self.done = done
+        self.limit = limit
+        self.parts: list = []
+        self.size = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.done.called:
+            return
+        room = self.limit - self.size
+        self.parts.append(data[:room])
+        self.size += min(len(data), room)
+        if len(data) >= room:
+            self.done.callback(b"".join(self.parts))
+            self.transport.stopProducing()
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self.done.called:
+            return
+        if reason.check(web_client.ResponseDone, web_client.PotentialDataLoss):
+            self.done.callback(b"".join(self.parts))
+        else:
+            self.done.errback(reason)
+
+
+@implementer(IHealthCheck)
+@attrs.define(eq=False)
+class HttpCheck:
+    """
+    An HTTP probe: C{method path} with the configured headers, passing when
+    the status is expected and, if C{body_regex} is set, the body's first
+    64 KiB match it.
+
+    @ivar agent: an L{IAgent}; use one whose connection pool is not
+        persistent (L{default_check_factory} does), so every probe opens a
+        connection as a new client would.
+    """
+
+    agent: object
+    settings: CheckSettings
+    _regex: Optional["re.Pattern"] = attrs.field(init=False, default=None)
+
+    def __attrs_post_init__(self) -> None:
+        if self.settings.body_regex is not None:
+            self._regex = re.compile(self.settings.body_regex.encode("utf-8"))
+
+    def check(self, backend: Backend) -> Deferred:
+        settings = self.settings
+        headers = Headers({b"User-Agent": [_USER_AGENT]})
+        for name, value in settings.headers:
+            headers.setRawHeaders(name.encode("ascii"), [value.encode("utf-8")])
+        url = (backend.url + settings.path).encode("ascii")
+        d = self.agent.request(settings.method.encode("ascii"), url, headers, None)
+        d.addCallback(self._response)
+        return d
+
+    def _response(self, response) -> Deferred:
+        body: Deferred = Deferred(lambda _: _stop_reading(collector))
+        collector = _BodyCollector(body, MAX_PROBE_BODY if self._regex is not None else 0)
+        response.deliverBody(collector)
+        body.addCallback(lambda data: self._judge(response.code, data))
+        return body
+
+    def _judge(self, code: int, body: bytes) -> ProbeOutcome:
+        settings = self.settings
+        if not settings.status_ok(code):
+            return ProbeOutcome(False, f"HTTP {code}, expected {settings.describe_statuses()}")
+        if self._regex is not None and not self._regex.search(body):
+            return ProbeOutcome(False, f"HTTP {code}, body does not match {settings.body_regex!r}")
+        return ProbeOutcome(True, f"HTTP {code}")
+
+
+def _stop_reading(collector: _BodyCollector) -> None:
+    transport = getattr(collector, "transport", None)
+    if transport is not None:
+        transport.stopProducing()
+
+
+class _ConnectOnce(ClientFactory):
+    """
+    One TCP connection attempt: C{result} fires with C{True} when it is
+    accepted (and the connection is closed at once), or fails.
+    """
+
+    noisy = False
+
+    def __init__(self) -> None:
+        self.result: Deferred = Deferred()
+
+    def buildProtocol(self, addr) -> Protocol:
+        factory = self
+
+        class _Close(Protocol):
+            def connectionMade(self) -> None:
+                self.transport.loseConnection()
+                if not factory.result.called:
+                    factory.result.callback(True)
+
+        return _Close()
+
+    def clientConnectionFailed(self, connector, reason: Failure) -> None:
+        if not self.result.called:
+            self.result.errback(reason)
+
+
+@implementer(IHealthCheck)
+@attrs.define(eq=False)
+class TcpCheck:
+    """
+    A TCP probe: passes when the backend accepts a connection.
+
+    @ivar reactor: an L{IReactorTCP}.
+    @ivar timeout: the connect timeout (the prober's own timeout applies
+        too).
+    """
+
+    reactor: object
+    timeout: float = 1.0
+
+    def check(self, backend: Backend) -> Deferred:
+        factory = _ConnectOnce()
+        connector = self.reactor.connectTCP(backend.host, backend.port, factory, timeout=self.timeout)
+
+        def cancel(_: Deferred) -> None:
+            connector.disconnect()
+
+        d: Deferred = Deferred(cancel)
+        factory.result.addCallbacks(
+            lambda _: d.called or d.callback(ProbeOutcome(True, "TCP connect")),
+            lambda f: d.called or d.errback(f),
+        )
+        return d
+
+
+class _QuietFactory(web_client._HTTP11ClientFactory):
+    noisy = False  # a probe every 2 s per backend would flood the log
+
+
+def quiet_connection_pool(reactor) -> web_client.HTTPConnectionPool:
+    """
+    A non-persistent connection pool that does not log every connection:
+    for probes and webhooks, where each request opens its own.
+    """
+    pool = web_client.HTTPConnectionPool(reactor, persistent=False)
+    pool._factory = _QuietFactory
+    return pool
+
+
+def default_check_factory(reactor, agent=None) -> Callable[[CheckSettings], Optional[IHealthCheck]]:
+    """
+    Builds the probe for a backend's settings: an L{HttpCheck} over one
+    shared non-persistent L{Agent}, a L{TcpCheck}, or L{None} for C{"none"}.
+    """
+    if agent is None:
+        # persistent=False: every probe opens a new connection, as a new
+        # client would, and leaves no idle connection behind.
+        agent = web_client.Agent(reactor, pool=quiet_connection_pool(reactor))
+
+    def build(settings: CheckSettings) -> Optional[IHealthCheck]:
+        if settings.type == "http":
+            return HttpCheck(agent, settings)
+        if settings.type == "tcp":
+            return TcpCheck(reactor, settings.timeout)
+        return None
+
+    return build
+
+
+# --- the prober -----------------------------------------------------------------
+
+
+@attrs.define(eq=False)
+class _BackendProbe:
+    """
+    The schedule and counters of one backend's checks.
+    """
+
+    prober: "HealthProber"
+    member: Member
+    settings: CheckSettings
+    check: IHealthCheck
+    loop: LoopingCall = attrs.field(init=False)
+    interval: float = attrs.field(init=False)
+    successes: int = 0
+    failures: int = 0
+    # Passes of checks started after the current ejection began.
+    passes_since_ejection: int = 0
+    ejection_seen: Optional[float] = None
+    pending: Optional[Deferred] = None
+    stopped: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        self.interval = self.wanted_interval()
+        self.loop = LoopingCall(self.tick)
+        self.loop.clock = self.prober.clock
+
+    def wanted_interval(self) -> float:
+        member = self.member
+        if member.health is Health.DOWN or member.ejected:
+            return self.settings.down_interval
+        return self.settings.interval
+
+    def start(self) -> None:
+        # The first check at once (after its jitter): the state settles fast.
+        self.loop.start(self.interval, now=True)
+
+    def stop(self) -> None:
+        self.stopped = True
+        if self.loop.running:
+            self.loop.stop()
+        if self.pending is not None:
+            self.pending.cancel()
+
+    def reschedule(self) -> None:
+        """
+        Switch between the up and down intervals now if the state changed
+        between ticks (an ejection, a transition from elsewhere).
+        """
+        wanted = self.wanted_interval()
+        # During a tick, _tick_done switches when it ends.
+        if wanted != self.interval and self.loop.running and self.loop.call is not None:
+            self.interval = self.loop.interval = wanted
+            self.loop.reset()
+
+    def tick(self) -> Deferred:
+        # Whatever happens, the returned Deferred succeeds: a failed one
+        # would stop the LoopingCall for good.
+        try:
+            clock = self.prober.clock
+            delay = self.prober.random.uniform(0, self.settings.jitter * self.interval)
+            d = deferLater(clock, delay, self.probe) if delay > 0 else self.probe()
+        except Exception:
+            _log.failure("health check of {backend} could not start", backend=self.member.id)
+            return defer.succeed(None)
+        self.pending = d
+        d.addErrback(self._swallow)
+        d.addBoth(self._tick_done)
+        return d
+
+    def _swallow(self, failure: Failure) -> None:
+        if not failure.check(CancelledError):
+            _log.failure("health check of {backend} failed unexpectedly", failure, backend=self.member.id)
+
+    def _tick_done(self, _) -> None:
+        self.pending = None
+        if self.stopped:
+            return
+        wanted = self.wanted_interval()
+        if wanted != self.interval:
+            # LoopingCall aligns ticks on a grid from its start time; moving
+            # the start time makes the next tick exactly one new interval
+            # from now.
+            self.interval = self.loop.interval = wanted
+            self.loop.starttime = self.prober.clock.seconds()
+
+    def probe(self) -> Deferred:
+        clock = self.prober.clock
+        started = clock.seconds()
+        timeout = self.settings.timeout
+        d = maybeDeferred(self.check.check, self.member.backend)
+        timed_out = []
+
+        def expire() -> None:
+            timed_out.append(True)
+            d.cancel()
+
+        timer = clock.callLater(timeout, expire)
+
+        def finished(result) -> None:
+            if timer.active():
+                timer.cancel()
+            if self.stopped:
+                return None
+            latency = clock.seconds() - started
+            if isinstance(result, Failure):
+                detail = f"timeout after {timeout:g}s" if timed_out else describe_failure(result)
+                outcome = ProbeOutcome(False, detail)
+            elif isinstance(result, ProbeOutcome):
+                outcome = result
+            else:
+                outcome = ProbeOutcome(False, f"probe returned {result!r}")
+            self.record(started, latency, outcome)
+            return None
+
+        return d.addBoth(finished)
+
+    def record(self, started: float, latency: float, outcome: ProbeOutcome) -> None:
+        try:
+            self._record(started, latency, outcome)
+        except Exception:
+            _log.failure("recording the health check of {backend} failed", backend=self.member.id)
+
+    def _record(self, started: float, latency: float, outcome: ProbeOutcome) -> None:
+        pool = self.prober.pool
+        member = self.member
+        settings = self.settings
+        if outcome.ok:
+            self.successes, self.failures = self.successes + 1, 0
+        else:
+            self.successes, self.failures = 0, self.failures + 1
+        result = CheckResult(started, outcome.ok, latency, outcome.detail)
+        pool.record_check(member.id, result, self.successes, self.failures)
+        for observer in self.prober.check_observers:
+            try:
+                observer(member.id, result)
+            except Exception:
+                _log.failure("check observer {observer!r} failed", observer=observer)
+        if member.health is Health.UNKNOWN:
+            pool.set_health(member.id, Health.UP if outcome.ok else Health.DOWN, outcome.detail)
+        elif member.health is Health.UP and self.failures >= settings.fall:
+            pool.set_health(member.id, Health.DOWN, f"{self.failures} failed checks: {outcome.detail}")
+        elif member.health is Health.DOWN and self.successes >= settings.rise:
+            pool.set_health(member.id, Health.UP, f"{self.successes} passed checks: {outcome.detail}")
+        if member.ejected:
+            if self.ejection_seen != member.ejected_at:
+                self.ejection_seen, self.passes_since_ejection = member.ejected_at, 0
+            if not outcome.ok:
+                self.passes_since_ejection = 0
+            elif started >= member.ejected_at:
+                self.passes_since_ejection += 1
+                if self.passes_since_ejection >= settings.rise:
+                    pool.uneject(member.id, f"{self.passes_since_ejection} passed checks: {outcome.detail}")
+
+
+@attrs.define(eq=False)
+class HealthProber:
+    """
+    Runs the active checks of every backend in C{pool}.
+
+    @ivar config: the parsed C{health} section (per-backend settings).
+    @ivar clock: the L{IReactorTime} that schedules checks and times them.
+    @ivar check_factory: builds the L{IHealthCheck} for a backend's
+        L{CheckSettings} (L{None}: that backend is not checked); see
+        L{default_check_factory}.
+    @ivar random: the source of the jitter.
+    """
+
+    pool: BackendPool
+    config: HealthConfig
+    clock: IReactorTime
+    check_factory: Callable[[CheckSettings], Optional[IHealthCheck]]
+    random: _random.Random = attrs.field(factory=_random.Random)
+    #: Called with C{(backend_id, CheckResult)} after every check (metrics);
+    #: must not raise (what it raises is logged).
+    check_observers: List[Callable[[str, CheckResult], None]] = attrs.field(factory=list)
+    _probes: Dict[str, _BackendProbe] = attrs.field(init=False, factory=dict)
+    _unsubscribe: Optional[Callable[[], None]] = attrs.field(init=False, default=None)
+
+    @property
+    def running(self) -> bool:
+        return self._unsubscribe is not None
+
+    def start(self) -> None:
+        """
+        Start checking every member, and follow the pool's membership.
+        """
+        if self.running:
+            return
+        self._unsubscribe = self.pool.subscribe(self._pool_event)
+        for member in self.pool.members():
+            self._watch(member, runtime_addition=False)
+
+    def stop(self) -> None:
+        """
+        Stop every schedule and cancel the checks in progress; no delayed
+        call of the prober is left behind.
+        """
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        probes, self._probes = self._probes, {}
+        for probe in probes.values():
+            probe.stop()
+
+    def settings_for(self, backend_id: str) -> CheckSettings:
+        return self.config.for_backend(backend_id)
+
+    def _watch(self, member: Member, runtime_addition: bool) -> None:
+        settings = self.settings_for(member.id)
+        if settings.slow_start > 0:
+            self.pool.set_slow_start(member.id, settings.slow_start, begin=runtime_addition)
+        check = self.check_factory(settings)
+        if check is None:
+            return
+        probe = _BackendProbe(self, member, settings, check)
+        self._probes[member.id] = probe
+        probe.start()
+
+    def _pool_event(self, event: PoolEvent) -> None:
+        if event.backend_id is None:
+            return
+        if event.kind == "added":
+            member = self.pool.get(event.backend_id)
+            if member is not None and event.backend_id not in self._probes:
+                self._watch(member, runtime_addition=True)
+        elif event.kind == "removed":
+            probe = self._probes.pop(event.backend_id, None)
+            if probe is not None:
+                probe.stop()
+        elif event.kind in ("up", "down", "ejected", "returned"):
+            probe = self._probes.get(event.backend_id)
+            if probe is not None:
+                probe.reschedule()

@@ -1,0 +1,3 @@
+"""
+The manager: the server API, spawning, supervision and the state file.
+"""

@@ -1,0 +1,3 @@
+"""
+Metrics, alerts, the access log and log configuration.
+"""

@@ -1,0 +1,3 @@
+"""
+The backend pool: members, their state, leases and the eligibility predicate.
+"""

@@ -1,0 +1,476 @@
+"""
+The client-facing HTTP server: a C{twisted.web.server.Site} whose channel
+and request enforce heimdall's limits and stream request bodies.
+
+Stock C{twisted.web} reads a whole request body before it calls
+C{render()}, and answers 400 (or just closes) for oversized heads.  Here:
+
+  - a request line longer than C{max_uri_bytes} gets 414, a head longer
+    than C{max_header_bytes} gets 431, and a client that has not sent a
+    complete head within C{header_timeout} gets 408; all three close;
+  - a request with a body is dispatched to its resource as soon as its
+    head is complete, and the body arrives through L{RequestBody} as the
+    client sends it (so a proxy can stream it upstream);
+  - a body over C{max_body_bytes} gets 413, from Content-Length before
+    any of it is read, or while streaming.
+
+Resources that are not heimdall's still work under this site: when a
+request's body has been fully received, C{request.content} holds it as
+usual... except for early-dispatched requests, whose body is only in
+C{request.body}.  That is why only L{heimdall.proxy.resource.BalancerResource}
+should be served by a L{HeimdallSite}; mount other resources on a plain
+C{Site}, where the balancer works too (buffering bodies).
+"""
+
+from __future__ import annotations
+
+from io import BytesIO
+from typing import Callable, List, Optional
+
+from twisted.internet.interfaces import IPushProducer
+from twisted.python.failure import Failure
+from twisted.web import http, server
+from twisted.web.http import unquote
+from zope.interface import implementer
+
+# Buffered body bytes (before an upstream connection is attached) above
+# which the client is paused.
+BODY_HIGH_WATER = 256 * 1024
+
+_REASONS = {
+    408: b"Request Timeout",
+    413: b"Content Too Large",
+    414: b"URI Too Long",
+    431: b"Request Header Fields Too Large",
+}
+
+
+def _plain_response(code: int, message: bytes) -> bytes:
+    body = message + b"\n"
+    return b"".join(
+        [
+            b"HTTP/1.1 %d %s\r\n" % (code, _REASONS[code]),
+            b"Content-Type: text/plain; charset=utf-8\r\n",
+            b"Content-Length: %d\r\n" % len(body),
+            b"Connection: close\r\n\r\n",
+            body,
+        ]
+    )
+
+
+@implementer(IPushProducer)
+class RequestBody:
+    """
+    The body of one client request, as it arrives.
+
+    Until a consumer is attached (an upstream connection, with
+    C{write_body(data)} and C{end_body()}), arriving bytes are buffered and
+    the client is paused above L{BODY_HIGH_WATER}.  Once attached, bytes go
+    straight through, and the consumer's transport pauses the client when
+    it cannot keep up.  L{replayable} says whether no byte has been handed
+    to any consumer yet, i.e. whether the request may be sent elsewhere.
+    """
+
+    def __init__(self, length: Optional[int], client_transport=None) -> None:
+        self.length = length  # None: chunked, length unknown
+        self.received = 0
+        self.complete = False
+        self.replayable = True
+        self._chunks: List[bytes] = []
+        self._buffered = 0
+        self._consumer = None
+        self._consumer_transport = None
+        self._on_sent: Optional[Callable[[], None]] = None
+        self._client_transport = client_transport
+        self._client_paused = False
+
+    @classmethod
+    def from_content(cls, content) -> "RequestBody":
+        """
+        A complete body from a file-like C{request.content} (a request that a
+        plain C{Site} already read in full).
+        """
+        body = cls(None)
+        content.seek(0, 0)
+        while True:
+            data = content.read(65536)
+            if not data:
+                break
+            body.feed(data)
+        body.length = body.received
+        body.finish()
+        return body
+
+    # -- from the client side -----------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        self.received += len(data)
+        if self._consumer is not None:
+            self._consumer.write_body(data)
+            return
+        self._chunks.append(data)
+        self._buffered += len(data)
+        if self._buffered > BODY_HIGH_WATER:
+            self.pauseProducing()
+
+    def finish(self) -> None:
+        self.complete = True
+        if self._consumer is not None:
+            self._consumer.end_body()
+            self._sent()
+
+    # -- to the upstream side -----------------------------------------------------
+
+    def attach(self, consumer, on_sent: Callable[[], None]) -> None:
+        """
+        Send the body to C{consumer}; C{on_sent()} is called once the whole
+        body has been handed over (at once if it already is).
+        """
+        self._consumer = consumer
+        self._on_sent = on_sent
+        chunks, self._chunks, self._buffered = self._chunks, [], 0
+        if chunks or self.received:
+            self.replayable = False
+        for data in chunks:
+            consumer.write_body(data)
+        if self.complete:
+            consumer.end_body()
+            self._sent()
+            return
+        self.replayable = False  # from now on bytes go straight upstream
+        transport = getattr(consumer, "transport", None)
+        if transport is not None:
+            self._consumer_transport = transport
+            transport.registerProducer(self, True)
+        self.resumeProducing()
+
+    def detach(self) -> None:
+        """
+        Stop sending to the consumer (the exchange ended or failed).
+        """
+        self._unregister()
+        self._consumer = None
+        self._on_sent = None
+        self.resumeProducing()
+
+    def _sent(self) -> None:
+        self._unregister()
+        on_sent, self._on_sent = self._on_sent, None
+        self.resumeProducing()
+        if on_sent is not None:
+            on_sent()
+
+    def _unregister(self) -> None:
+        transport, self._consumer_transport = self._consumer_transport, None
+        if transport is not None and not getattr(transport, "disconnected", False):
+            transport.unregisterProducer()
+
+    # -- IPushProducer: the upstream transport pauses the client through us ----
+
+    def pauseProducing(self) -> None:
+        if not self._client_paused and self._client_transport is not None:
+            self._client_paused = True
+            self._client_transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        if self._client_paused:
+            self._client_paused = False
+            self._client_transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self.detach()
+
+
+class HeimdallRequest(server.Request):
+    """
+    A request that is dispatched when its head is complete if it has a body
+    (see L{HeimdallChannel.allHeadersReceived}), exposes that body as
+    C{self.body} (a L{RequestBody}, or L{None} without a body), and enforces
+    the body size limit.
+    """
+
+    body: Optional[RequestBody] = None
+    _dispatched = False
+    _rejected = False
+
+    def gotLength(self, length: Optional[int]) -> None:
+        # No BytesIO/tempfile for the body: it streams through self.body.
+        self.content = BytesIO()
+        limit = self.channel.max_body_bytes
+        if length is not None and limit and length > limit:
+            self._rejected = True
+            self.channel.reject(413, b"request body too large")
+            return
+        if length != 0:
+            self.body = RequestBody(length, self.channel.transport)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._rejected or self.body is None:
+            return
+        limit = self.channel.max_body_bytes
+        if limit and self.body.received + len(data) > limit:
+            self._rejected = True
+            self._body_too_large()
+            return
+        self.body.feed(data)
+
+    def _body_too_large(self) -> None:
+        exchange = getattr(self, "exchange", None)
+        if exchange is not None:
+            exchange.body_too_large()
+        elif not self.startedWriting and not self.finished:
+            self.channel.reject(413, b"request body too large")
+        else:
+            self.channel.transport.abortConnection()
+
+    def dispatch_early(self, command: bytes, path: bytes, version: bytes) -> None:
+        """
+        Process this request now, while its body is still arriving.
+        """
+        self._dispatched = True
+        server.Request.requestReceived(self, command, path, version)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if self._dispatched:
+            # The channel read the last body byte.
+            if self.body is not None and not self._rejected:
+                self.body.finish()
+            return
+        server.Request.requestReceived(self, command, path, version)
+
+    exchange = None
+
+    def process(self) -> None:
+        """
+        C{server.Request.process} without its per-request C{Server} and
+        C{Date} defaults: the proxy forwards the backend's (and adds Date
+        when a backend sends none), so formatting them here was wasted.
+        """
+        self.site = self.channel.site
+        self.prepath = []
+        self.postpath = list(map(unquote, self.path[1:].split(b"/")))
+        if self.path == b"*":
+            self._handleStar()
+            return
+        try:
+            resource = self.site.getResourceFor(self)
+            self.render(resource)
+        except BaseException:
+            self.processingFailed(Failure())
+
+    def connectionLost(self, reason) -> None:
+        super().connectionLost(reason)
+        exchange = self.exchange
+        if exchange is not None and not self.finished:
+            exchange._client_lost(reason)
+
+    def finish(self) -> None:
+        if self.body is not None and not self.body.complete:
+            # Answered before the whole body arrived: the rest of the body
+            # cannot be told from the next request, so close afterwards.
+            self.channel.persistent = False
+            self.channel.abandon_body()
+        super().finish()
+
+
+class HeimdallChannel(http.HTTPChannel):
+    """
+    An C{HTTPChannel} with heimdall's limits and early dispatch.  Its
+    settings come from the L{HeimdallSite} (C{self.site}).
+    """
+
+    max_uri_bytes = 8192
+    max_header_bytes = 32768
+    max_body_bytes = 100 * 1024 * 1024
+    header_timeout = 10.0
+
+    _in_head = False
+    _head_bytes = 0
+    _rejected = False
+    _body_abandoned = False
+
+    # Timers.  The header deadline and the idle timeout are each one lazy
+    # DelayedCall per connection: arming only records a time, and the call
+    # re-arms itself for what is left when it fires early.  A callLater and
+    # a cancel per request cost a measurable share of the proxy's CPU.
+    _head_started: Optional[float] = None
+    _header_call = None
+    _idle_last = 0.0
+    _idle_call = None
+
+    def connectionMade(self) -> None:
+        site = self.site
+        self._seconds = site.reactor.seconds
+        self.max_uri_bytes = site.max_uri_bytes
+        self.max_header_bytes = site.max_header_bytes
+        self.max_body_bytes = site.max_body_bytes
+        self.header_timeout = site.header_timeout
+        # Line-length and total-size limits of the stock channel answer 400
+        # or just close; keep them above ours so that ours answer first.
+        self.MAX_LENGTH = self.max_header_bytes
+        self.totalHeadersSize = self.max_header_bytes + 4096
+        super().connectionMade()
+        self._arm_header_timer()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._rejected:
+            return
+        if self._head_started is None and not self._in_body():
+            self._arm_header_timer()
+        super().dataReceived(data)
+
+    def _in_body(self) -> bool:
+        return not self.line_mode or self._handlingRequest
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._rejected:
+            return
+        if not self._in_head:
+            if not line:
+                return super().lineReceived(line)  # tolerated empty line
+            self._in_head = True
+            self._head_bytes = 0
+            parts = line.split(b" ")
+            if len(parts) == 3 and len(parts[1]) > self.max_uri_bytes:
+                self.reject(414, b"request URI too long")
+                return
+        self._head_bytes += len(line) + 2
+        if self._head_bytes > self.max_header_bytes:
+            self.reject(431, b"request header fields too large")
+            return
+        if not line:
+            self._in_head = False
+        super().lineReceived(line)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        if self._in_head:
+            self.reject(431, b"request header fields too large")
+        else:
+            self.reject(414, b"request URI too long")
+
+    def allHeadersReceived(self) -> None:
+        self._cancel_header_timer()
+        super().allHeadersReceived()
+        if self._rejected or self.transport.disconnecting:
+            return
+        request = self.requests[-1]
+        if self.length != 0 and isinstance(request, HeimdallRequest):
+            request.dispatch_early(self._command, self._path, self._version)
+
+    def _send100Continue(self) -> None:
+        if not self._rejected and not self.transport.disconnecting:
+            super()._send100Continue()
+
+    def rawDataReceived(self, data: bytes) -> None:
+        if self._body_abandoned or self._rejected:
+            return
+        super().rawDataReceived(data)
+
+    def allContentReceived(self) -> None:
+        if not self.requests or self._body_abandoned:
+            return
+        super().allContentReceived()
+
+    def abandon_body(self) -> None:
+        """
+        The current request was answered before its body ended: ignore the
+        rest of the body (the connection closes after the response).
+        """
+        self._body_abandoned = True
+
+    def reject(self, code: int, message: bytes) -> None:
+        """
+        Answer C{code} without involving any resource, and close.
+        """
+        if self._rejected:
+            return
+        self._rejected = True
+        self._cancel_header_timer()
+        self.transport.write(_plain_response(code, message))
+        self.loseConnection()
+
+    def _arm_header_timer(self) -> None:
+        if not self.header_timeout:
+            return
+        self._head_started = self._seconds()
+        if self._header_call is None:
+            self._header_call = self.callLater(self.header_timeout, self._check_header_deadline)
+
+    def _cancel_header_timer(self) -> None:
+        self._head_started = None  # the lazy call sees this and stops
+
+    def _check_header_deadline(self) -> None:
+        self._header_call = None
+        if self._head_started is None or self._rejected:
+            return
+        left = self._head_started + self.header_timeout - self._seconds()
+        if left > 0:
+            self._header_call = self.callLater(left, self._check_header_deadline)
+        else:
+            self.reject(408, b"request head not received in time")
+
+    # TimeoutMixin's idle timeout, made lazy the same way.
+
+    def setTimeout(self, period):
+        previous = self.timeOut
+        self.timeOut = period
+        if period is not None:
+            self._idle_last = self._seconds()
+            if self._idle_call is None:
+                self._idle_call = self.callLater(period, self._check_idle)
+        return previous
+
+    def resetTimeout(self) -> None:
+        self._idle_last = self._seconds()
+
+    def _check_idle(self) -> None:
+        self._idle_call = None
+        if self.timeOut is None or self.transport is None or self.transport.disconnecting:
+            return
+        left = self._idle_last + self.timeOut - self._seconds()
+        if left > 0:
+            self._idle_call = self.callLater(left, self._check_idle)
+        else:
+            self.timeoutConnection()
+
+    def connectionLost(self, reason) -> None:
+        self._head_started = None
+        for name in ("_header_call", "_idle_call"):
+            call = getattr(self, name)
+            if call is not None and call.active():
+                call.cancel()
+            setattr(self, name, None)
+        super().connectionLost(reason)
+
+
+class HeimdallSite(server.Site):
+    """
+    The proxy's site.  Twisted's per-request access log is off (heimdall
+    writes its own); form bodies are never parsed.
+    """
+
+    protocol = HeimdallChannel
+    requestFactory = HeimdallRequest
+    noisy = False
+
+    def __init__(
+        self,
+        resource,
+        *,
+        max_uri_bytes: int = 8192,
+        max_header_bytes: int = 32768,
+        max_body_bytes: int = 100 * 1024 * 1024,
+        header_timeout: float = 10.0,
+        idle_timeout: float = 75.0,
+        reactor=None,
+    ) -> None:
+        super().__init__(
+            resource, timeout=idle_timeout, reactor=reactor, parsePOSTFormSubmission=False
+        )
+        self.max_uri_bytes = max_uri_bytes
+        self.max_header_bytes = max_header_bytes
+        self.max_body_bytes = max_body_bytes
+        self.header_timeout = header_timeout
+
+    def log(self, request) -> None:
+        pass
