@@ -223,8 +223,7 @@ class Worker:
         next_timeout_scan = wall_start + min(0.1, plan.timeout / 4)
         stop_deadline: Optional[float] = None
         poll = self.poller.poll
-        conns = self.conns
-        on_event = self._on_event
+        dispatch = self._dispatch
 
         ready = self.ready
         ready.extend(self.slots)
@@ -253,41 +252,12 @@ class Worker:
                     break
             elif not self.in_flight and not self._may_issue():
                 break  # a request count, all done
-            # How long to wait for I/O.
-            wait = min(next_tick, next_timeout_scan) - now
-            if ready and not self.stopping and self._may_issue():
-                if open_loop:
-                    due_in = start_at + self.issued / plan.rate - now
-                    if due_in < wait:
-                        if due_in > 0.0015:
-                            # epoll rounds its timeout up to whole ms: this
-                            # wakes at most 1 ms early, never late.
-                            wait = due_in - 0.001
-                        else:
-                            # The last millisecond: look for I/O, then nap
-                            # at most 200 µs, so sends leave within ~0.2 ms
-                            # of their schedule without spinning a core.
-                            events = poll(0)
-                            if not events and due_in > 0:
-                                time.sleep(min(due_in, 0.0002))
-                            if events:
-                                now = clock()
-                                for fd, flags in events:
-                                    conn = conns.get(fd)
-                                    if conn is not None:
-                                        on_event(conn, flags, now)
-                            continue
-                else:
-                    wait = 0.0  # slots whose connection failed: reissue now
-            if wait < 0:
-                wait = 0.0
+            wait = self._io_wait(now, min(next_tick, next_timeout_scan) - now)
+            if wait is None:
+                continue
             events = poll(wait)
             if events:
-                now = clock()
-                for fd, flags in events:
-                    conn = conns.get(fd)
-                    if conn is not None:
-                        on_event(conn, flags, now)
+                dispatch(events)
         end = clock()
         self._abandon_in_flight()
         self.recorder.flush()
@@ -295,9 +265,49 @@ class Worker:
         self._tick(end, final=True)
         self.poller.close()
         cpu = (usage_end.ru_utime - usage_start.ru_utime) + (usage_end.ru_stime - usage_start.ru_stime)
+        return self._final_report(wall_start, end, cpu)
+
+    def _dispatch(self, events) -> None:
+        now = self.clock()
+        conns = self.conns
+        on_event = self._on_event
+        for fd, flags in events:
+            conn = conns.get(fd)
+            if conn is not None:
+                on_event(conn, flags, now)
+
+    def _io_wait(self, now: float, wait: float) -> Optional[float]:
+        """
+        How long the loop may block in poll(), at most C{wait}; None when
+        this call already polled (the last millisecond before a scheduled
+        send) and the loop should go round again.
+        """
+        if self.ready and not self.stopping and self._may_issue():
+            if self.plan.rate is None:
+                return 0.0  # slots whose connection failed: reissue now
+            due_in = self.start_at + self.issued / self.plan.rate - now
+            if due_in < wait:
+                if due_in > 0.0015:
+                    # epoll rounds its timeout up to whole ms: this
+                    # wakes at most 1 ms early, never late.
+                    wait = due_in - 0.001
+                else:
+                    # The last millisecond: look for I/O, then nap
+                    # at most 200 µs, so sends leave within ~0.2 ms
+                    # of their schedule without spinning a core.
+                    events = self.poller.poll(0)
+                    if not events and due_in > 0:
+                        time.sleep(min(due_in, 0.0002))
+                    if events:
+                        self._dispatch(events)
+                    return None
+        return wait if wait > 0 else 0.0
+
+    def _final_report(self, wall_start: float, end: float, cpu: float) -> Dict[str, Any]:
+        start_at = self.start_at
         return {
             "kind": "final",
-            "worker": plan.index,
+            "worker": self.plan.index,
             "histogram": encode(self.recorder.total),
             "issued": self.issued,
             "responses": self.responses,

@@ -226,66 +226,12 @@ def run(options: StressOptions, out: IO[str] = sys.stdout) -> Dict[str, Any]:
         processes.append(process)
     usage_start = resource.getrusage(resource.RUSAGE_SELF)
     progress = make_progress(out, options.quiet, options.progress_interval)
-    timeline = _Timeline(len(plans))
-    finals: Dict[int, Dict[str, Any]] = {}
-    kill_result = None
-    interrupted = False
+    coordinator = _Coordinator(options, plans, pipes, progress, _Timeline(len(plans)))
     try:
         _wait_ready(pipes, processes)
-        start_at = time.monotonic() + _START_DELAY
-        for pipe in pipes:
-            pipe.send({"start_at": start_at})
-        progress.start()
-        duration = options.run_duration
-        kill_time = duration * options.kill_at if options.kill is not None and duration else None
-        responses = failed = 0
-        last_rate = 0.0
-        last_p99 = None
-        completed = None  # end of the last interval every worker reported
-        alive = {pipe: plan.index for pipe, plan in zip(pipes, plans)}
-        while alive:
-            try:
-                ready = wait_for_pipes(list(alive), timeout=0.1)
-            except KeyboardInterrupt:
-                interrupted = True
-                continue  # the workers got the signal too: they stop and report
-            for pipe in ready:
-                try:
-                    message = pipe.recv()
-                except (EOFError, OSError):
-                    del alive[pipe]
-                    continue
-                if message["kind"] == "tick":
-                    timeline.add(message)
-                    responses += message["responses"]
-                    failed += message["failed"]
-                    index = message["index"]
-                    entry = timeline.entries[index]
-                    if entry["reports"] >= len(plans) and not message["final"]:
-                        last_rate = entry["responses"] / INTERVAL
-                        merged = hdr.merge(entry["histograms"], hdr.INTERVAL_DIGITS)
-                        last_p99 = hdr.summary_ms(merged)["p99"]
-                        completed = (index + 1) * INTERVAL
-                elif message["kind"] == "final":
-                    finals[message["worker"]] = message
-                    del alive[pipe]
-            elapsed = time.monotonic() - start_at
-            if kill_time is not None and kill_result is None and elapsed >= kill_time:
-                kill_result = execute_kill(options.kill, elapsed)
-                progress.note(f"[{elapsed:6.1f}s] failover: {kill_result.action}"
-                              + (f" FAILED: {kill_result.error}" if kill_result.error else ""))
-            if duration:
-                fraction = elapsed / duration
-            elif options.requests:
-                fraction = responses / options.requests
-            else:
-                fraction = None
-            if completed is not None:
-                progress.update(Snapshot(completed, responses, last_rate, failed, last_p99, fraction, True))
-                completed = None
-            progress.update(Snapshot(max(elapsed, 0.0), responses, last_rate, failed, last_p99, fraction))
+        coordinator.run()
     except KeyboardInterrupt:
-        interrupted = True
+        coordinator.interrupted = True
     finally:
         progress.stop()
         for process in processes:
@@ -295,12 +241,98 @@ def run(options: StressOptions, out: IO[str] = sys.stdout) -> Dict[str, Any]:
                 process.join(timeout=5)
         for pipe in pipes:
             pipe.close()
+    finals = coordinator.finals
     if len(finals) < len(plans):
         missing = sorted(set(range(len(plans))) - set(finals))
         raise RuntimeError(f"generator process(es) {missing} ended without a result")
     usage_end = resource.getrusage(resource.RUSAGE_SELF)
     coordinator_cpu = (usage_end.ru_utime - usage_start.ru_utime) + (usage_end.ru_stime - usage_start.ru_stime)
-    return build_result(options, plans, finals, timeline, kill_result, coordinator_cpu, interrupted)
+    return build_result(
+        options, plans, finals, coordinator.timeline, coordinator.kill_result, coordinator_cpu, coordinator.interrupted
+    )
+
+
+@attrs.define(eq=False)
+class _Coordinator:
+    """
+    Starts the workers at one instant, merges their per-interval reports
+    into the timeline and the progress display, runs the failover kill on
+    time, and collects each worker's final report.
+    """
+
+    options: StressOptions
+    plans: List[WorkerPlan]
+    pipes: list
+    progress: Any
+    timeline: "_Timeline"
+    finals: Dict[int, Dict[str, Any]] = attrs.Factory(dict)
+    kill_result: Any = None
+    interrupted: bool = False
+    responses: int = 0
+    failed: int = 0
+    last_rate: float = 0.0
+    last_p99: Optional[float] = None
+    completed: Optional[float] = None  # end of the last interval every worker reported
+
+    def run(self) -> None:
+        options = self.options
+        start_at = time.monotonic() + _START_DELAY
+        for pipe in self.pipes:
+            pipe.send({"start_at": start_at})
+        self.progress.start()
+        duration = options.run_duration
+        kill_time = duration * options.kill_at if options.kill is not None and duration else None
+        alive = {pipe: plan.index for pipe, plan in zip(self.pipes, self.plans)}
+        while alive:
+            try:
+                ready = wait_for_pipes(list(alive), timeout=0.1)
+            except KeyboardInterrupt:
+                self.interrupted = True
+                continue  # the workers got the signal too: they stop and report
+            for pipe in ready:
+                try:
+                    message = pipe.recv()
+                except (EOFError, OSError):
+                    del alive[pipe]
+                    continue
+                if message["kind"] == "tick":
+                    self._tick(message)
+                elif message["kind"] == "final":
+                    self.finals[message["worker"]] = message
+                    del alive[pipe]
+            elapsed = time.monotonic() - start_at
+            if kill_time is not None and self.kill_result is None and elapsed >= kill_time:
+                self.kill_result = execute_kill(options.kill, elapsed)
+                self.progress.note(
+                    f"[{elapsed:6.1f}s] failover: {self.kill_result.action}"
+                    + (f" FAILED: {self.kill_result.error}" if self.kill_result.error else "")
+                )
+            self._show(elapsed, duration)
+
+    def _tick(self, message: Dict[str, Any]) -> None:
+        self.timeline.add(message)
+        self.responses += message["responses"]
+        self.failed += message["failed"]
+        index = message["index"]
+        entry = self.timeline.entries[index]
+        if entry["reports"] >= len(self.plans) and not message["final"]:
+            self.last_rate = entry["responses"] / INTERVAL
+            merged = hdr.merge(entry["histograms"], hdr.INTERVAL_DIGITS)
+            self.last_p99 = hdr.summary_ms(merged)["p99"]
+            self.completed = (index + 1) * INTERVAL
+
+    def _show(self, elapsed: float, duration: Optional[float]) -> None:
+        if duration:
+            fraction = elapsed / duration
+        elif self.options.requests:
+            fraction = self.responses / self.options.requests
+        else:
+            fraction = None
+        figures = (self.responses, self.last_rate, self.failed, self.last_p99, fraction)
+        if self.completed is not None:
+            self.progress.update(Snapshot(self.completed, *figures, True))
+            self.completed = None
+        self.progress.update(Snapshot(max(elapsed, 0.0), *figures))
 
 
 def _wait_ready(pipes, processes) -> None:
@@ -318,6 +350,57 @@ def _wait_ready(pipes, processes) -> None:
                 pending.discard(pipe)
 
 
+def _merge_counts(workers: List[Dict[str, Any]]):
+    status: Dict[str, int] = {}
+    backends: Dict[str, int] = {}
+    last_seen: Dict[str, float] = {}
+    for w in workers:
+        for code, count in w["status"].items():
+            status[str(code)] = status.get(str(code), 0) + count
+        for name, count in w["backends"].items():
+            backends[name] = backends.get(name, 0) + count
+        for name, t in w["backend_last_seen"].items():
+            last_seen[name] = max(last_seen.get(name, t), t)
+    return status, backends, last_seen
+
+
+def _cpu_rows(workers: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    return [
+        {
+            "worker": w["worker"],
+            "cpu_seconds": round(w["cpu_seconds"], 3),
+            "wall_seconds": round(w["wall_seconds"], 3),
+            "busy": round(w["cpu_seconds"] / max(w["wall_seconds"], 1e-9), 3),
+        }
+        for w in workers
+    ]
+
+
+def _warnings(options: StressOptions, workers, cpu_workers, saturated: bool, responses: int,
+              tracked: int, interrupted: bool) -> List[str]:
+    warnings: List[str] = []
+    if saturated:
+        warnings.append(
+            "the load generator itself was saturated (a worker used "
+            f"{max(c['busy'] for c in cpu_workers):.0%} of a core): the numbers may describe "
+            "the generator, not the target; add --workers if there are idle cores"
+        )
+    issued = sum(w["issued"] for w in workers)
+    unsent = sum(w["unsent"] for w in workers)
+    if options.rate is not None:
+        scheduled = issued + unsent
+        if scheduled and issued / scheduled < RATE_SHORTFALL:
+            warnings.append(
+                f"the rate was not kept: {unsent:,} of {scheduled:,} scheduled requests were never sent "
+                "(the target, or the generator, could not keep up; latencies include the wait)"
+            )
+    if options.backend_header and responses and tracked == 0:
+        warnings.append(f"no response carried the {options.backend_header} header: no backend distribution")
+    if interrupted:
+        warnings.append("interrupted: the run stopped early")
+    return warnings
+
+
 def build_result(
     options: StressOptions,
     plans: List[WorkerPlan],
@@ -333,52 +416,14 @@ def build_result(
     elapsed = max(elapsed, 1e-9)
     responses = sum(w["responses"] for w in workers)
     errors = {kind: sum(w["errors"].get(kind, 0) for w in workers) for kind in ERROR_KINDS}
-    status: Dict[str, int] = {}
-    backends: Dict[str, int] = {}
-    last_seen: Dict[str, float] = {}
-    for w in workers:
-        for code, count in w["status"].items():
-            status[str(code)] = status.get(str(code), 0) + count
-        for name, count in w["backends"].items():
-            backends[name] = backends.get(name, 0) + count
-        for name, t in w["backend_last_seen"].items():
-            last_seen[name] = max(last_seen.get(name, t), t)
-    failure_events = sorted(event for w in workers for event in w["failure_events"])
+    status, backends, last_seen = _merge_counts(workers)
     errors_total = sum(errors.values())
     http_5xx = sum(count for code, count in status.items() if code.startswith("5"))
-    issued = sum(w["issued"] for w in workers)
     tracked = sum(backends.values())
-    cpu_workers = [
-        {
-            "worker": w["worker"],
-            "cpu_seconds": round(w["cpu_seconds"], 3),
-            "wall_seconds": round(w["wall_seconds"], 3),
-            "busy": round(w["cpu_seconds"] / max(w["wall_seconds"], 1e-9), 3),
-        }
-        for w in workers
-    ]
+    cpu_workers = _cpu_rows(workers)
     saturated = any(c["busy"] >= SATURATED for c in cpu_workers)
-    warnings: List[str] = []
-    if saturated:
-        warnings.append(
-            "the load generator itself was saturated (a worker used "
-            f"{max(c['busy'] for c in cpu_workers):.0%} of a core): the numbers may describe "
-            "the generator, not the target; add --workers if there are idle cores"
-        )
-    rows = timeline.rows(elapsed)
-    unsent = sum(w["unsent"] for w in workers)
-    if options.rate is not None:
-        scheduled = issued + unsent
-        if scheduled and issued / scheduled < RATE_SHORTFALL:
-            warnings.append(
-                f"the rate was not kept: {unsent:,} of {scheduled:,} scheduled requests were never sent "
-                "(the target, or the generator, could not keep up; latencies include the wait)"
-            )
-    if options.backend_header and responses and tracked == 0:
-        warnings.append(f"no response carried the {options.backend_header} header: no backend distribution")
     interrupted = interrupted or any(w["stopped_by_signal"] for w in workers)
-    if interrupted:
-        warnings.append("interrupted: the run stopped early")
+    rows = timeline.rows(elapsed)
     result: Dict[str, Any] = {
         "tool": "heimdall stress",
         "version": _version(),
@@ -400,7 +445,7 @@ def build_result(
         "errors_total": errors_total,
         "http_5xx": http_5xx,
         "failed": errors_total + http_5xx,
-        "unsent": unsent,
+        "unsent": sum(w["unsent"] for w in workers),
         "abandoned": sum(w.get("abandoned", 0) for w in workers),
         "latency_ms": {k: (round(v, 4) if v is not None else None) for k, v in hdr.summary_ms(histogram).items()},
         "latency_distribution_ms": [
@@ -421,20 +466,23 @@ def build_result(
             "saturated": saturated,
         },
         "timeline": rows,
-        "warnings": warnings,
+        "warnings": _warnings(options, workers, cpu_workers, saturated, responses, tracked, interrupted),
         "interrupted": interrupted,
         "scenario": None,
     }
     if kill_result is not None or options.scenario:
-        if kill_result is None:
-            from heimdall.stress.scenario import KillResult
-
-            kill_result = KillResult(elapsed, "none (the run ended first)", None, None, "the run ended before the kill")
-        watched = sorted(t for w in workers for t in w.get("watched_times", ()))
-        result["scenario"] = analyze_failover(
-            kill_result, failure_events, last_seen, rows, elapsed, errors_total + http_5xx, watched
-        )
+        result["scenario"] = _scenario(kill_result, workers, last_seen, rows, elapsed, errors_total + http_5xx)
     return result
+
+
+def _scenario(kill_result, workers, last_seen, rows, elapsed: float, failed: int) -> Dict[str, Any]:
+    if kill_result is None:
+        from heimdall.stress.scenario import KillResult
+
+        kill_result = KillResult(elapsed, "none (the run ended first)", None, None, "the run ended before the kill")
+    failure_events = sorted(event for w in workers for event in w["failure_events"])
+    watched = sorted(t for w in workers for t in w.get("watched_times", ()))
+    return analyze_failover(kill_result, failure_events, last_seen, rows, elapsed, failed, watched)
 
 
 def _version() -> str:
