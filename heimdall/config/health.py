@@ -56,18 +56,8 @@ from urllib.parse import urlsplit
 
 import attrs
 
-# The field checks are config.py's, so that both sections word their
-# errors alike.
-from heimdall.config.model import (  # noqa: F401
-    DURATION_PROBLEM,
-    _boolean,
-    _integer,
-    _one_of,
-    _seconds,
-    _suggestion,
-    _validator,
-    parse_duration,
-)
+from heimdall.config.fields import boolean, duration, integer, one_of, validator
+from heimdall.config.reader import build, join, read_object
 from heimdall.errors import ConfigError
 from heimdall.pool.pool import PANIC_MODES, Backend
 
@@ -95,19 +85,6 @@ _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 def _problem(field: str, problem: Optional[str]) -> None:
     if problem is not None:
         raise ConfigError(field, problem)
-
-
-def _duration_or_same(value):
-    # Converted when possible; anything else is left for the validator,
-    # which names the field.
-    try:
-        return parse_duration(value)
-    except (TypeError, ValueError):
-        return value
-
-
-def _duration(default: float, allow_zero: bool = False):
-    return attrs.field(default=default, converter=_duration_or_same, validator=_validator(_seconds(allow_zero)))
 
 
 # --- value converters -----------------------------------------------------------
@@ -233,7 +210,7 @@ class CheckSettings:
         recovery or a runtime addition (0: none).
     """
 
-    type: str = attrs.field(default="http", validator=_validator(_one_of("http", "tcp", "none")))
+    type: str = attrs.field(default="http", validator=validator(one_of("http", "tcp", "none")))
     method: str = attrs.field(default="GET", validator=_check_method)
     path: str = attrs.field(default="/health", validator=_check_path)
     expect_status: Tuple[Tuple[int, int], ...] = attrs.field(
@@ -241,13 +218,13 @@ class CheckSettings:
     )
     body_regex: Optional[str] = attrs.field(default=None, validator=_check_regex)
     headers: Tuple[Tuple[str, str], ...] = attrs.field(default=(), converter=_headers, validator=_check_headers)
-    interval: float = _duration(2.0)
-    down_interval: float = _duration(1.0)
+    interval: float = duration(2.0)
+    down_interval: float = duration(1.0)
     jitter: float = attrs.field(default=0.1, converter=_jitter, validator=_check_jitter)
-    timeout: float = _duration(1.0)
-    rise: int = attrs.field(default=2, validator=_validator(_integer(1, 100)))
-    fall: int = attrs.field(default=3, validator=_validator(_integer(1, 100)))
-    slow_start: float = _duration(0.0, allow_zero=True)
+    timeout: float = duration(1.0)
+    rise: int = attrs.field(default=2, validator=validator(integer(1, 100)))
+    fall: int = attrs.field(default=3, validator=validator(integer(1, 100)))
+    slow_start: float = duration(0.0, allow_zero=True)
 
     def status_ok(self, status: int) -> bool:
         return any(low <= status <= high for low, high in self.expect_status)
@@ -272,13 +249,13 @@ class OutlierConfig:
         is ejected (one backend may always be ejected).
     """
 
-    enabled: bool = attrs.field(default=True, validator=_validator(_boolean))
-    consecutive_failures: int = attrs.field(default=5, validator=_validator(_integer(1, 1000)))
-    consecutive_connection_failures: int = attrs.field(default=1, validator=_validator(_integer(1, 1000)))
-    count_5xx: bool = attrs.field(default=False, validator=_validator(_boolean))
-    base_ejection_time: float = _duration(30.0)
-    max_ejection_time: float = _duration(300.0)
-    max_ejection_percent: int = attrs.field(default=50, validator=_validator(_integer(0, 100)))
+    enabled: bool = attrs.field(default=True, validator=validator(boolean))
+    consecutive_failures: int = attrs.field(default=5, validator=validator(integer(1, 1000)))
+    consecutive_connection_failures: int = attrs.field(default=1, validator=validator(integer(1, 1000)))
+    count_5xx: bool = attrs.field(default=False, validator=validator(boolean))
+    base_ejection_time: float = duration(30.0)
+    max_ejection_time: float = duration(300.0)
+    max_ejection_percent: int = attrs.field(default=50, validator=validator(integer(0, 100)))
 
     def __attrs_post_init__(self) -> None:
         if self.max_ejection_time < self.base_ejection_time:
@@ -305,8 +282,8 @@ class RetryBudgetConfig:
     outage where most backends fail, not for that.
     """
 
-    percent: float = attrs.field(default=50, validator=_validator(_percent))
-    min_retry_concurrency: int = attrs.field(default=10, validator=_validator(_integer(0, 100000)))
+    percent: float = attrs.field(default=50, validator=validator(_percent))
+    min_retry_concurrency: int = attrs.field(default=10, validator=validator(integer(0, 100000)))
 
 
 def _normalise_backend_key(key: str) -> str:
@@ -339,7 +316,7 @@ class HealthConfig:
     retry_budget: RetryBudgetConfig = attrs.field(
         factory=RetryBudgetConfig, validator=attrs.validators.instance_of(RetryBudgetConfig)
     )
-    panic_mode: str = attrs.field(default="fail", validator=_validator(_one_of(*PANIC_MODES)))
+    panic_mode: str = attrs.field(default="fail", validator=validator(one_of(*PANIC_MODES)))
 
     def for_backend(self, backend_id: str) -> CheckSettings:
         return self.backends.get(backend_id, self.check)
@@ -374,9 +351,9 @@ class WebhookConfig:
     """
 
     url: str = attrs.field(validator=_check_url)
-    timeout: float = _duration(5.0)
-    retries: int = attrs.field(default=3, validator=_validator(_integer(0, 10)))
-    backoff: float = _duration(1.0)
+    timeout: float = duration(5.0)
+    retries: int = attrs.field(default=3, validator=validator(integer(0, 10)))
+    backoff: float = duration(1.0)
     headers: Tuple[Tuple[str, str], ...] = attrs.field(default=(), converter=_headers, validator=_check_headers)
 
 
@@ -388,14 +365,14 @@ class CommandConfig:
     """
 
     command: Tuple[str, ...] = attrs.field(converter=_tuple, validator=_check_argv)
-    timeout: float = _duration(10.0)
+    timeout: float = duration(10.0)
 
 
 def _check_events(instance, attribute, value) -> None:
     if not isinstance(value, tuple):
         raise ConfigError(attribute.name, "must be a list of event names")
     for index, kind in enumerate(value):
-        _problem(f"{attribute.name}[{index}]", _one_of(*ALERT_EVENT_KINDS)(kind))
+        _problem(f"{attribute.name}[{index}]", one_of(*ALERT_EVENT_KINDS)(kind))
 
 
 @attrs.frozen
@@ -408,7 +385,7 @@ class AlertsConfig:
         0 sends every event.
     """
 
-    flap_window: float = _duration(60.0, allow_zero=True)
+    flap_window: float = duration(60.0, allow_zero=True)
     events: Tuple[str, ...] = attrs.field(default=_DEFAULT_ALERT_EVENTS, converter=_tuple, validator=_check_events)
     webhooks: Tuple[WebhookConfig, ...] = attrs.field(default=(), converter=_tuple)
     commands: Tuple[CommandConfig, ...] = attrs.field(default=(), converter=_tuple)
@@ -417,52 +394,19 @@ class AlertsConfig:
 # --- parsing -------------------------------------------------------------------------
 
 
-def _join(path: str, key: str) -> str:
-    return f"{path}{key}" if key.startswith("[") else f"{path}.{key}"
+def _config_object(data: object, path: str, known) -> Dict[str, Any]:
+    # Config sections allow comments (keys starting with "_").
+    return read_object(data, path, known, comments=True)
 
 
-def _fields(cls) -> Dict[str, Any]:
-    return {a.name: a for a in attrs.fields(cls)}
-
-
-def _entries(data: object, path: str, known) -> Dict[str, Any]:
-    """
-    The entries of a JSON object without comments; unknown keys are errors.
-    """
-    if not isinstance(data, Mapping):
-        raise ConfigError(path, "must be an object")
-    known = list(known)
-    result = {}
-    for key, value in data.items():
-        if not isinstance(key, str):
-            raise ConfigError(path, f"keys must be strings, not {key!r}")
-        if key.startswith("_"):
-            continue
-        if key not in known:
-            raise ConfigError(_join(path, key), f"unknown key{_suggestion(key, known)}")
-        result[key] = value
-    return result
-
-
-def _build(cls, values: Dict[str, Any], path: str, base=None):
-    """
-    C{cls(**values)} (or C{attrs.evolve(base, **values)}), with a failing
-    validator's path put under C{path}.
-    """
-    try:
-        return attrs.evolve(base, **values) if base is not None else cls(**values)
-    except ConfigError as e:
-        raise ConfigError(_join(path, e.path) if e.path else path, e.problem) from None
-
-
-_CHECK_KEYS = tuple(_fields(CheckSettings))
+_CHECK_KEYS = tuple(attrs.fields_dict(CheckSettings))
 
 
 def _parse_check(values: Dict[str, Any], path: str, base: CheckSettings) -> CheckSettings:
     values = dict(values)
     if "headers" in values and not isinstance(values["headers"], Mapping):
-        raise ConfigError(_join(path, "headers"), "must be an object of header names to string values")
-    return _build(CheckSettings, values, path, base=base)
+        raise ConfigError(join(path, "headers"), "must be an object of header names to string values")
+    return build(CheckSettings, values, path, base=base)
 
 
 def parse_health(data: Optional[Mapping[str, Any]], path: str = "health") -> HealthConfig:
@@ -472,23 +416,23 @@ def parse_health(data: Optional[Mapping[str, Any]], path: str = "health") -> Hea
     @raise ConfigError: naming the first bad field, e.g.
         C{health.interval: must be a duration ...}.
     """
-    entries = _entries(
+    entries = _config_object(
         data if data is not None else {}, path, _CHECK_KEYS + ("backends", "outlier", "retry_budget", "panic")
     )
     check = _parse_check({k: v for k, v in entries.items() if k in _CHECK_KEYS}, path, CheckSettings())
     outlier = OutlierConfig()
     if "outlier" in entries:
-        outlier_path = _join(path, "outlier")
-        outlier = _build(OutlierConfig, _entries(entries["outlier"], outlier_path, _fields(OutlierConfig)), outlier_path)
+        outlier_path = join(path, "outlier")
+        outlier = build(OutlierConfig, _config_object(entries["outlier"], outlier_path, attrs.fields_dict(OutlierConfig)), outlier_path)
     retry_budget = RetryBudgetConfig()
     if "retry_budget" in entries:
-        budget_path = _join(path, "retry_budget")
-        retry_budget = _build(
-            RetryBudgetConfig, _entries(entries["retry_budget"], budget_path, _fields(RetryBudgetConfig)), budget_path
+        budget_path = join(path, "retry_budget")
+        retry_budget = build(
+            RetryBudgetConfig, _config_object(entries["retry_budget"], budget_path, attrs.fields_dict(RetryBudgetConfig)), budget_path
         )
     backends: Dict[str, CheckSettings] = {}
     if "backends" in entries:
-        backends_path = _join(path, "backends")
+        backends_path = join(path, "backends")
         raw = entries["backends"]
         if not isinstance(raw, Mapping):
             raise ConfigError(backends_path, 'must be an object of backend ("host:port") to check settings')
@@ -502,9 +446,9 @@ def parse_health(data: Optional[Mapping[str, Any]], path: str = "health") -> Hea
                 raise ConfigError(key_path, f'must be a backend "host:port" or URL: {e}') from None
             if backend_id in backends:
                 raise ConfigError(key_path, "names a backend already given")
-            backends[backend_id] = _parse_check(_entries(overrides, key_path, _CHECK_KEYS), key_path, check)
+            backends[backend_id] = _parse_check(_config_object(overrides, key_path, _CHECK_KEYS), key_path, check)
     panic = entries.get("panic", "fail")
-    _problem(_join(path, "panic"), _one_of(*PANIC_MODES)(panic))
+    _problem(join(path, "panic"), one_of(*PANIC_MODES)(panic))
     return HealthConfig(
         check=check, backends=backends, outlier=outlier, retry_budget=retry_budget, panic_mode=panic
     )
@@ -517,29 +461,29 @@ def parse_alerts(data: Optional[Mapping[str, Any]], path: str = "alerts") -> Ale
     @raise ConfigError: naming the first bad field, e.g.
         C{alerts.webhooks[0].url: must be an http or https URL}.
     """
-    entries = _entries(data if data is not None else {}, path, ("flap_window", "events", "webhooks", "commands"))
+    entries = _config_object(data if data is not None else {}, path, ("flap_window", "events", "webhooks", "commands"))
     values: Dict[str, Any] = {k: v for k, v in entries.items() if k in ("flap_window", "events")}
     if "events" in values and not isinstance(values["events"], list):
-        raise ConfigError(_join(path, "events"), "must be a list of event names")
+        raise ConfigError(join(path, "events"), "must be a list of event names")
     for key, cls in (("webhooks", WebhookConfig), ("commands", CommandConfig)):
         if key not in entries:
             continue
-        list_path = _join(path, key)
+        list_path = join(path, key)
         items = entries[key]
         if not isinstance(items, list):
             raise ConfigError(list_path, "must be a list of objects")
         parsed = []
         for index, item in enumerate(items):
             item_path = f"{list_path}[{index}]"
-            fields = _entries(item, item_path, _fields(cls))
+            fields = _config_object(item, item_path, attrs.fields_dict(cls))
             required = [a.name for a in attrs.fields(cls) if a.default is attrs.NOTHING]
             for name in required:
                 if name not in fields:
-                    raise ConfigError(_join(item_path, name), "is required")
+                    raise ConfigError(join(item_path, name), "is required")
             if "headers" in fields and not isinstance(fields["headers"], Mapping):
-                raise ConfigError(_join(item_path, "headers"), "must be an object of header names to string values")
+                raise ConfigError(join(item_path, "headers"), "must be an object of header names to string values")
             if "command" in fields and not isinstance(fields["command"], list):
-                raise ConfigError(_join(item_path, "command"), "must be a non-empty list of strings (the program and its arguments)")
-            parsed.append(_build(cls, fields, item_path))
+                raise ConfigError(join(item_path, "command"), "must be a non-empty list of strings (the program and its arguments)")
+            parsed.append(build(cls, fields, item_path))
         values[key] = tuple(parsed)
-    return _build(AlertsConfig, values, path)
+    return build(AlertsConfig, values, path)

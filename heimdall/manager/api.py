@@ -941,7 +941,7 @@ def _endpoint_fields(description: str) -> Tuple[List[str], Dict[str, str]]:
     The positional and named fields of an endpoint string (config.py's
     parser, which knows the backslash escapes).
     """
-    from heimdall.config.model import _endpoint_fields as fields_of
+    from heimdall.config.fields import endpoint_fields as fields_of
 
     positional: List[str] = []
     named: Dict[str, str] = {}

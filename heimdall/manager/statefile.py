@@ -35,13 +35,14 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from typing import Any, Callable, List, Mapping, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 import attrs
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from heimdall.config.reader import ReadError, build, loads, read_list, read_object
 from heimdall.errors import HeimdallError
 from heimdall.pool.pool import Backend
 
@@ -199,35 +200,6 @@ def dump_state(state: State) -> str:
     return json.dumps(document, indent=2) + "\n"
 
 
-class _Invalid(Exception):
-    pass
-
-
-def _object(value: Any, where: str, known: Tuple[str, ...], required: Tuple[str, ...] = ()) -> Mapping:
-    if not isinstance(value, dict):
-        raise _Invalid(f"{where}: must be an object")
-    for key in value:
-        if key not in known:
-            raise _Invalid(f"{where}.{key}: unknown key")
-    for key in required:
-        if key not in value:
-            raise _Invalid(f"{where}.{key}: is required")
-    return value
-
-
-def _list(value: Any, where: str) -> list:
-    if not isinstance(value, list):
-        raise _Invalid(f"{where}: must be a list")
-    return value
-
-
-def _build(cls, where: str, **fields):
-    try:
-        return cls(**fields)
-    except (TypeError, ValueError) as e:
-        raise _Invalid(f"{where}: {e}") from None
-
-
 def parse_state(data: Any) -> State:
     """
     A L{State} from parsed JSON.
@@ -235,35 +207,36 @@ def parse_state(data: Any) -> State:
     @raise ValueError: naming the first problem (C{servers[2].weight: ...}).
     """
     try:
-        document = _object(
-            data, "document", ("version", "servers", "config_changes", "config_removed"), ("version",)
+        document = read_object(
+            data, "document", ("version", "servers", "config_changes", "config_removed"), required=("version",)
         )
         version = document["version"]
         if version != STATE_VERSION:
-            raise _Invalid(
-                f"version: is {version!r}; this heimdall reads version {STATE_VERSION} "
+            raise ReadError(
+                "version",
+                f"is {version!r}; this heimdall reads version {STATE_VERSION} "
                 "(a file written by a newer heimdall?)"
             )
         servers: List[ServerRecord] = []
         seen = set()
-        for index, item in enumerate(_list(document.get("servers", []), "servers")):
+        for index, item in enumerate(read_list(document.get("servers", []), "servers")):
             where = f"servers[{index}]"
-            fields = _object(item, where, ("url", "weight", "backup", "admin", "managed"), ("url",))
-            record = _build(ServerRecord, where, **fields)
+            fields = read_object(item, where, ("url", "weight", "backup", "admin", "managed"), required=("url",))
+            record = build(ServerRecord, fields, where)
             if record.id in seen:
-                raise _Invalid(f"{where}.url: {record.id} is listed twice")
+                raise ReadError(f"{where}.url", f"{record.id} is listed twice")
             seen.add(record.id)
             servers.append(record)
         changes = []
-        for index, item in enumerate(_list(document.get("config_changes", []), "config_changes")):
+        for index, item in enumerate(read_list(document.get("config_changes", []), "config_changes")):
             where = f"config_changes[{index}]"
-            fields = _object(item, where, ("id", "weight", "admin", "backup"), ("id",))
-            changes.append(_build(ConfigChange, where, **fields))
-        removed = _list(document.get("config_removed", []), "config_removed")
+            fields = read_object(item, where, ("id", "weight", "admin", "backup"), required=("id",))
+            changes.append(build(ConfigChange, fields, where))
+        removed = read_list(document.get("config_removed", []), "config_removed")
         for index, item in enumerate(removed):
             if not isinstance(item, str) or not item:
-                raise _Invalid(f"config_removed[{index}]: must be a backend id like \"10.0.0.5:8080\"")
-    except _Invalid as e:
+                raise ReadError(f"config_removed[{index}]", 'must be a backend id like "10.0.0.5:8080"')
+    except ReadError as e:
         raise ValueError(str(e)) from None
     return State(servers, changes, removed)
 
@@ -288,7 +261,7 @@ def load_state(path: str) -> Optional[State]:
     except UnicodeDecodeError as e:
         raise StateFileError(path, f"is not valid UTF-8 (at byte {e.start}); fix or move it away") from None
     try:
-        data = json.loads(text, parse_constant=_reject_constant)
+        data = loads(text, reject_constants=True)
     except (json.JSONDecodeError, ValueError) as e:
         detail = (
             f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg}"
@@ -300,10 +273,6 @@ def load_state(path: str) -> Optional[State]:
         return parse_state(data)
     except ValueError as e:
         raise StateFileError(path, f"is not a valid state file: {e}; fix or move it away") from None
-
-
-def _reject_constant(name: str):
-    raise ValueError(f"{name} is not valid JSON")
 
 
 def save_state(path: str, state: State) -> None:
