@@ -10,7 +10,7 @@ Per backend:
     while it is down or ejected;
   - each tick waits a random delay of up to C{jitter} x the interval (so
     that checks spread out), then runs the probe (an L{IHealthCheck}: HTTP
-    or TCP connect) with a timeout; a LoopingCall never starts a tick while
+    or TCP connect, from L{heimdall.health.probes}) with a timeout; a LoopingCall never starts a tick while
     the last one's Deferred is pending, so probes of one backend never
     overlap (a tick that runs late skips the ticks it missed);
   - every outcome, a raised exception included, becomes a L{CheckResult}:
@@ -30,257 +30,24 @@ C{removed} events.
 from __future__ import annotations
 
 import random as _random
-import re
 from typing import Callable, Dict, List, Optional
 
 import attrs
-from twisted.internet import defer, error
+from twisted.internet import defer
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import client as web_client
-from twisted.web.http_headers import Headers
-from zope.interface import implementer
 
 from heimdall.config.health import CheckSettings, HealthConfig
+from heimdall.health.probes import ProbeOutcome, describe_failure
 from heimdall.interfaces import IHealthCheck
 from heimdall.pool.pool import Backend, BackendPool, CheckResult, Health, Member, PoolEvent
 
-__all__ = [
-    "HealthProber",
-    "HttpCheck",
-    "ProbeOutcome",
-    "TcpCheck",
-    "default_check_factory",
-    "describe_failure",
-    "quiet_connection_pool",
-]
+__all__ = ["HealthProber"]
 
 _log = Logger()
-
-#: Bytes of a probe's response body kept for C{body_regex}; the rest is
-#: not read (the connection is closed).
-MAX_PROBE_BODY = 64 * 1024
-
-_USER_AGENT = b"heimdall-health-check/1"
-
-
-@attrs.frozen
-class ProbeOutcome:
-    """
-    What an L{IHealthCheck} found: passed or not, and a short detail such
-    as C{"HTTP 200"} or C{"HTTP 503, expected 200-399"}.
-    """
-
-    ok: bool
-    detail: str = ""
-
-
-def describe_failure(failure: Failure) -> str:
-    """
-    A short, stable description of why a probe failed: C{"connect
-    refused"}, C{"connect timeout"}, C{"connection reset"}, C{"no response"},
-    or the exception's message.
-    """
-    value = failure.value
-    # Agent wraps the real reasons in lists.
-    reasons = getattr(value, "reasons", None)
-    if reasons:
-        return describe_failure(reasons[0])
-    if isinstance(value, error.ConnectionRefusedError):
-        return "connect refused"
-    if isinstance(value, (error.TimeoutError, error.TCPTimedOutError)):
-        return "connect timeout"
-    if isinstance(value, error.DNSLookupError):
-        return "DNS lookup failed"
-    if isinstance(value, (error.ConnectionLost, error.ConnectionDone)):
-        return "connection closed"
-    if isinstance(value, error.ConnectError):
-        return f"connect failed: {value.osError or value}" if getattr(value, "osError", None) else "connect failed"
-    if isinstance(value, CancelledError):
-        return "cancelled"
-    text = str(value) or type(value).__name__
-    return text if len(text) <= 200 else text[:197] + "..."
-
-
-# --- probes ------------------------------------------------------------------
-
-
-class _BodyCollector(Protocol):
-    """
-    Collects up to C{limit} bytes of a response body, then stops reading
-    (the probe's connection is never reused, so it is simply closed).
-    """
-
-    def __init__(self, done: Deferred, limit: int) -> None:
-        self.done = done
-        self.limit = limit
-        self.parts: list = []
-        self.size = 0
-
-    def dataReceived(self, data: bytes) -> None:
-        if self.done.called:
-            return
-        room = self.limit - self.size
-        self.parts.append(data[:room])
-        self.size += min(len(data), room)
-        if len(data) >= room:
-            self.done.callback(b"".join(self.parts))
-            self.transport.stopProducing()
-
-    def connectionLost(self, reason: Failure) -> None:
-        if self.done.called:
-            return
-        if reason.check(web_client.ResponseDone, web_client.PotentialDataLoss):
-            self.done.callback(b"".join(self.parts))
-        else:
-            self.done.errback(reason)
-
-
-@implementer(IHealthCheck)
-@attrs.define(eq=False)
-class HttpCheck:
-    """
-    An HTTP probe: C{method path} with the configured headers, passing when
-    the status is expected and, if C{body_regex} is set, the body's first
-    64 KiB match it.
-
-    @ivar agent: an L{IAgent}; use one whose connection pool is not
-        persistent (L{default_check_factory} does), so every probe opens a
-        connection as a new client would.
-    """
-
-    agent: object
-    settings: CheckSettings
-    _regex: Optional["re.Pattern"] = attrs.field(init=False, default=None)
-
-    def __attrs_post_init__(self) -> None:
-        if self.settings.body_regex is not None:
-            self._regex = re.compile(self.settings.body_regex.encode("utf-8"))
-
-    def check(self, backend: Backend) -> Deferred:
-        settings = self.settings
-        headers = Headers({b"User-Agent": [_USER_AGENT]})
-        for name, value in settings.headers:
-            headers.setRawHeaders(name.encode("ascii"), [value.encode("utf-8")])
-        url = (backend.url + settings.path).encode("ascii")
-        d = self.agent.request(settings.method.encode("ascii"), url, headers, None)
-        d.addCallback(self._response)
-        return d
-
-    def _response(self, response) -> Deferred:
-        body: Deferred = Deferred(lambda _: _stop_reading(collector))
-        collector = _BodyCollector(body, MAX_PROBE_BODY if self._regex is not None else 0)
-        response.deliverBody(collector)
-        body.addCallback(lambda data: self._judge(response.code, data))
-        return body
-
-    def _judge(self, code: int, body: bytes) -> ProbeOutcome:
-        settings = self.settings
-        if not settings.status_ok(code):
-            return ProbeOutcome(False, f"HTTP {code}, expected {settings.describe_statuses()}")
-        if self._regex is not None and not self._regex.search(body):
-            return ProbeOutcome(False, f"HTTP {code}, body does not match {settings.body_regex!r}")
-        return ProbeOutcome(True, f"HTTP {code}")
-
-
-def _stop_reading(collector: _BodyCollector) -> None:
-    transport = getattr(collector, "transport", None)
-    if transport is not None:
-        transport.stopProducing()
-
-
-class _ConnectOnce(ClientFactory):
-    """
-    One TCP connection attempt: C{result} fires with C{True} when it is
-    accepted (and the connection is closed at once), or fails.
-    """
-
-    noisy = False
-
-    def __init__(self) -> None:
-        self.result: Deferred = Deferred()
-
-    def buildProtocol(self, addr) -> Protocol:
-        factory = self
-
-        class _Close(Protocol):
-            def connectionMade(self) -> None:
-                self.transport.loseConnection()
-                if not factory.result.called:
-                    factory.result.callback(True)
-
-        return _Close()
-
-    def clientConnectionFailed(self, connector, reason: Failure) -> None:
-        if not self.result.called:
-            self.result.errback(reason)
-
-
-@implementer(IHealthCheck)
-@attrs.define(eq=False)
-class TcpCheck:
-    """
-    A TCP probe: passes when the backend accepts a connection.
-
-    @ivar reactor: an L{IReactorTCP}.
-    @ivar timeout: the connect timeout (the prober's own timeout applies
-        too).
-    """
-
-    reactor: object
-    timeout: float = 1.0
-
-    def check(self, backend: Backend) -> Deferred:
-        factory = _ConnectOnce()
-        connector = self.reactor.connectTCP(backend.host, backend.port, factory, timeout=self.timeout)
-
-        def cancel(_: Deferred) -> None:
-            connector.disconnect()
-
-        d: Deferred = Deferred(cancel)
-        factory.result.addCallbacks(
-            lambda _: d.called or d.callback(ProbeOutcome(True, "TCP connect")),
-            lambda f: d.called or d.errback(f),
-        )
-        return d
-
-
-class _QuietFactory(web_client._HTTP11ClientFactory):
-    noisy = False  # a probe every 2 s per backend would flood the log
-
-
-def quiet_connection_pool(reactor) -> web_client.HTTPConnectionPool:
-    """
-    A non-persistent connection pool that does not log every connection:
-    for probes and webhooks, where each request opens its own.
-    """
-    pool = web_client.HTTPConnectionPool(reactor, persistent=False)
-    pool._factory = _QuietFactory
-    return pool
-
-
-def default_check_factory(reactor, agent=None) -> Callable[[CheckSettings], Optional[IHealthCheck]]:
-    """
-    Builds the probe for a backend's settings: an L{HttpCheck} over one
-    shared non-persistent L{Agent}, a L{TcpCheck}, or L{None} for C{"none"}.
-    """
-    if agent is None:
-        # persistent=False: every probe opens a new connection, as a new
-        # client would, and leaves no idle connection behind.
-        agent = web_client.Agent(reactor, pool=quiet_connection_pool(reactor))
-
-    def build(settings: CheckSettings) -> Optional[IHealthCheck]:
-        if settings.type == "http":
-            return HttpCheck(agent, settings)
-        if settings.type == "tcp":
-            return TcpCheck(reactor, settings.timeout)
-        return None
-
-    return build
 
 
 # --- the prober -----------------------------------------------------------------

@@ -21,7 +21,8 @@ from twisted.application.service import Service
 from twisted.internet import defer
 
 from heimdall.observe.alerts import AlertDispatcher
-from heimdall.health.active import HealthProber, default_check_factory
+from heimdall.health.active import HealthProber
+from heimdall.health.probes import default_check_factory
 from heimdall.config.health import AlertsConfig, HealthConfig, parse_alerts, parse_health
 from heimdall.health.outlier import OutlierDetector
 from heimdall.pool.pool import BackendPool

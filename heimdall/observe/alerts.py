@@ -40,7 +40,6 @@ connector) incoming-webhook message as it is.
 from __future__ import annotations
 
 import collections
-import datetime
 import json
 import os
 from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Set
@@ -55,7 +54,8 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from heimdall.health.active import describe_failure, quiet_connection_pool
+from heimdall.clock import iso_timestamp
+from heimdall.health.probes import describe_failure, probe_agent
 from heimdall.config.health import AlertsConfig
 from heimdall.interfaces import IAlertSink
 from heimdall.pool.pool import BackendPool, PoolEvent
@@ -92,11 +92,6 @@ _PHRASES = {
 }
 
 
-def _iso(seconds: float) -> str:
-    moment = datetime.datetime.fromtimestamp(seconds, tz=datetime.timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-
-
 def alert_document(event: PoolEvent, pool: Optional[BackendPool] = None, suppressed: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """
     The JSON-ready alert for C{event} (see the module docstring).
@@ -111,7 +106,7 @@ def alert_document(event: PoolEvent, pool: Optional[BackendPool] = None, suppres
         text += f": {event.detail}"
     if suppressed:
         listed = ", ".join(f"{kind} x{count}" for kind, count in sorted(suppressed["events"].items()))
-        text += f" ({suppressed['count']} more events held back since {_iso(suppressed['since'])}: {listed})"
+        text += f" ({suppressed['count']} more events held back since {iso_timestamp(suppressed['since'])}: {listed})"
     document: Dict[str, Any] = {
         "version": ALERT_VERSION,
         "source": "heimdall",
@@ -122,7 +117,7 @@ def alert_document(event: PoolEvent, pool: Optional[BackendPool] = None, suppres
         "detail": event.detail,
         "previous": event.previous,
         "at": event.at,
-        "time": _iso(event.at),
+        "time": iso_timestamp(event.at),
         "pool": None,
         "suppressed": suppressed,
         "text": text,
@@ -376,10 +371,8 @@ def build_sinks(config: AlertsConfig, clock: IReactorTime, reactor: Any = None, 
     sinks: List[IAlertSink] = []
     if config.webhooks and webhook_client is None:
         import treq
-        from twisted.web.client import Agent
 
-        agent_reactor = reactor if reactor is not None else clock
-        webhook_client = treq.client.HTTPClient(Agent(agent_reactor, pool=quiet_connection_pool(agent_reactor)))
+        webhook_client = treq.client.HTTPClient(probe_agent(reactor if reactor is not None else clock))
     for hook in config.webhooks:
         sinks.append(
             WebhookSink(

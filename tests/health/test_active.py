@@ -16,7 +16,8 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from zope.interface.verify import verifyObject
 
-from heimdall.health.active import HealthProber, HttpCheck, ProbeOutcome, TcpCheck, default_check_factory, describe_failure
+from heimdall.health.active import HealthProber
+from heimdall.health.probes import ProbeOutcome, default_check_factory
 from heimdall.config.health import CheckSettings, HealthConfig, parse_health
 from heimdall.interfaces import IHealthCheck
 from heimdall.pool.pool import Backend, BackendPool, Health, is_eligible
@@ -272,96 +273,3 @@ def test_per_backend_settings_and_none():
     assert a.health is Health.UP and b.health is Health.UNKNOWN
     assert prober.settings_for(b.id).interval == 3
     prober.stop()
-
-
-# --- the probes -------------------------------------------------------------------------
-
-
-class _Health(Resource):
-    isLeaf = True
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.code = 200
-        self.body = b'{"status": "ok"}'
-        self.requests = []
-
-    def render(self, request):
-        self.requests.append(request)
-        request.setResponseCode(self.code)
-        return self.body
-
-
-def _stub_agent(resource):
-    from treq.testing import RequestTraversalAgent
-
-    return RequestTraversalAgent(resource)
-
-
-def _result(d):
-    results = []
-    d.addBoth(results.append)
-    assert results, "not fired"
-    return results[0]
-
-
-def test_http_check_status_body_and_headers():
-    resource = _Health()
-    agent = _stub_agent(resource)
-    settings = CheckSettings(path="/healthz", headers={"Host": "app.example", "X-Probe": "1"}, method="GET")
-    check = HttpCheck(agent, settings)
-    verifyObject(IHealthCheck, check)
-    backend = Backend.from_url("http://127.0.0.1:9000")
-    d = check.check(backend)
-    agent.flush()
-    assert _result(d) == ProbeOutcome(True, "HTTP 200")
-    request = resource.requests[-1]
-    assert request.uri == b"/healthz"
-    assert request.getHeader(b"host") == b"app.example"
-    assert request.getHeader(b"x-probe") == b"1"
-    assert request.getHeader(b"user-agent").startswith(b"heimdall-health-check")
-
-    resource.code = 503
-    d = check.check(backend)
-    agent.flush()
-    assert _result(d) == ProbeOutcome(False, "HTTP 503, expected 200-399")
-
-    regex = HttpCheck(agent, CheckSettings(body_regex=r'"status":\s*"ok"', expect_status=["2xx"]))
-    resource.code = 200
-    d = regex.check(backend)
-    agent.flush()
-    assert _result(d).ok
-    resource.body = b'{"status": "degraded"}'
-    d = regex.check(backend)
-    agent.flush()
-    outcome = _result(d)
-    assert not outcome.ok and "body does not match" in outcome.detail
-
-
-def test_tcp_check_over_a_memory_reactor():
-    reactor = MemoryReactorClock()
-    check = TcpCheck(reactor, timeout=0.5)
-    verifyObject(IHealthCheck, check)
-    d = check.check(Backend.from_url("http://10.0.0.1:81"))
-    host, port, factory, timeout, _ = reactor.tcpClients[0]
-    assert (host, port, timeout) == ("10.0.0.1", 81, 0.5)
-    protocol = factory.buildProtocol(None)
-    transport = StringTransport()
-    protocol.makeConnection(transport)
-    assert _result(d) == ProbeOutcome(True, "TCP connect")
-    assert transport.disconnecting  # closed at once
-
-    d = check.check(Backend.from_url("http://10.0.0.1:82"))
-    factory = reactor.tcpClients[1][2]
-    factory.clientConnectionFailed(None, Failure(error.ConnectionRefusedError()))
-    failure = _result(d)
-    assert isinstance(failure, Failure) and describe_failure(failure) == "connect refused"
-
-
-def test_describe_failure_unwraps_agent_reasons():
-    from twisted.web._newclient import ResponseNeverReceived
-
-    wrapped = Failure(ResponseNeverReceived([Failure(error.ConnectionLost())]))
-    assert describe_failure(wrapped) == "connection closed"
-    assert describe_failure(Failure(error.TimeoutError())) == "connect timeout"
-    assert describe_failure(Failure(ValueError("x" * 500))).endswith("...")

@@ -312,7 +312,8 @@ def webhook_client(reactor):
 
 @pytest_twisted.ensureDeferred
 async def test_a_webhook_receiver_gets_down_and_up_with_the_documented_json(tracked, reactor, webhook_client):
-    from heimdall.health.active import HealthProber, default_check_factory
+    from heimdall.health.active import HealthProber
+    from heimdall.health.probes import default_check_factory
     from heimdall.config.health import parse_health
     from heimdall.backend import make_backend_site
 
