@@ -54,3 +54,78 @@ class DuplicateStrategy(HeimdallError):
     """
     A strategy factory is already registered under that name.
     """
+
+
+# -- the server manager's domain errors ----------------------------------------
+# The manager API (heimdall.manager.api) is the one place that turns them
+# into HTTP statuses; C{message} and C{detail} are what it shows.
+
+
+class ManagerError(HeimdallError):
+    """
+    The server manager refused a lookup or a change.
+
+    @ivar message: one line for a person.
+    @ivar detail: JSON-ready data naming what was wrong (or None).
+    """
+
+    def __init__(self, message: str, detail: object = None) -> None:
+        self.message = message
+        self.detail = detail
+        super().__init__(message)
+
+
+class ServerNotFound(ManagerError):
+    """
+    No server matches the id or port given.
+    """
+
+
+class AmbiguousServer(ManagerError):
+    """
+    A port alone names several servers (on different hosts).
+    """
+
+
+class InvalidChange(ManagerError):
+    """
+    A change that cannot be made as asked (a URL that is not one, a port
+    outside the spawn range).
+    """
+
+
+class ServerConflict(ManagerError):
+    """
+    The change collides with the current state: the server or its port is
+    registered already, or it is being removed.
+    """
+
+
+class NoSpawnPort(ManagerError):
+    """
+    Every port of the spawn range is taken: try again later.
+    """
+
+
+class ServerDidNotStart(ManagerError):
+    """
+    A spawned server exited, timed out or failed its ready check.
+    """
+
+
+class ManagerStopping(ManagerError):
+    """
+    heimdall is shutting down and takes no more changes.
+    """
+
+
+class StateNotSaved(ManagerError):
+    """
+    The change was applied but could not be written to the state file.
+    """
+
+
+class NotAuthenticated(ManagerError):
+    """
+    A manager request lacks the bearer token or carries a wrong one.
+    """

@@ -19,19 +19,15 @@ from twisted.logger import Logger
 
 from heimdall.observe.accesslog import AccessLog
 from heimdall.config.model import Config
-from heimdall.manager.api import (
-    HttpReadyCheck,
-    ManagerResource,
-    ManagerSite,
-    ServerManager,
-    check_exposure,
-    resolve_token,
-)
+from heimdall.manager.auth import check_exposure, resolve_token
+from heimdall.manager.readiness import HttpReadyCheck
+from heimdall.manager.servers import ServerManager
+from heimdall.manager.site import ManagerResource, ManagerSite
 from heimdall.pool.pool import BackendPool
 from heimdall.proxy.resource import BalancerResource
 from heimdall.strategies.registry import default_registry
 from heimdall.proxy.site import HeimdallSite
-from heimdall.manager.spawner import RestartPolicy
+from heimdall.manager.supervisor import RestartPolicy
 from heimdall.manager.statefile import State, StateWriter, load_state, run_in_reactor_threads
 from heimdall.proxy.upstream import UpstreamPool
 

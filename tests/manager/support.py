@@ -20,10 +20,12 @@ from twisted.python.failure import Failure
 from treq.testing import StubTreq
 
 from heimdall.config.model import BackendConfig
-from heimdall.manager.api import ManagerResource, ServerManager
+from heimdall.manager.servers import ServerManager
+from heimdall.manager.site import ManagerResource
 from heimdall.pool.pool import BackendPool
 from heimdall.strategies.registry import default_registry
-from heimdall.manager.spawner import NoFreePort, PortInUse, RestartPolicy, SpawnedServer
+from heimdall.manager.spawner import NoFreePort, PortInUse, SpawnedServer
+from heimdall.manager.supervisor import RestartPolicy
 from heimdall.manager.statefile import State, StateWriter, load_state
 
 
@@ -218,4 +220,4 @@ class LogCapture:
         globalLogPublisher.removeObserver(self)
 
     def changes(self) -> List[dict]:
-        return [e for e in self.events if "change" in e and e.get("log_namespace") == "heimdall.manager.api"]
+        return [e for e in self.events if "change" in e and e.get("log_namespace") == "heimdall.manager.servers"]

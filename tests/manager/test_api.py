@@ -13,16 +13,11 @@ from twisted.internet.defer import Deferred, fail
 
 from heimdall.config.model import BackendConfig, ManagerConfig
 from heimdall.errors import ConfigError
-from heimdall.manager.api import (
-    MAX_BODY_BYTES,
-    ROUTES,
-    check_exposure,
-    listens_on_loopback,
-    openapi_document,
-    resolve_token,
-)
+from heimdall.manager.api import MAX_BODY_BYTES, ROUTES, openapi_document
+from heimdall.manager.auth import check_exposure, listens_on_loopback, resolve_token
 from heimdall.pool.pool import AdminState, Health, Outcome
-from heimdall.manager.spawner import RestartPolicy, SpawnError
+from heimdall.manager.spawner import SpawnError
+from heimdall.manager.supervisor import RestartPolicy
 from heimdall.manager.statefile import ServerRecord, State
 
 from tests.manager.support import Harness, LogCapture, pending, result_of
@@ -84,26 +79,6 @@ def test_list_get_and_server_fields(tmp_path):
     assert h.request("GET", "/servers/10.0.0.1:8080").json() == server
     assert h.request("GET", "/servers/10.0.0.1%3A8080").json() == server
     assert h.request("GET", "/servers/8080").json() == server
-
-
-def test_health_shows_last_check_fields_where_the_health_checker_records_them():
-    from types import SimpleNamespace
-
-    from heimdall.manager.api import _health
-
-    flat = SimpleNamespace(health=Health.UP, health_reason="200 in 12 ms", last_check_at=1_700_000_000.0,
-                           last_check_result="ok", last_check_latency=0.012)
-    assert _health(flat) == {
-        "status": "up", "reason": "200 in 12 ms", "last_check_at": "2023-11-14T22:13:20.000Z",
-        "last_check_result": "ok", "last_check_latency": 0.012, "last_check_detail": None,
-    }
-    # The health checks' CheckResult shape: at, ok, latency, detail.
-    check = SimpleNamespace(at=1_700_000_000.5, ok=False, latency=0.25, detail="HTTP 503")
-    nested = SimpleNamespace(health=Health.DOWN, health_reason="", last_check=check)
-    assert _health(nested) == {
-        "status": "down", "reason": None, "last_check_at": "2023-11-14T22:13:20.500Z",
-        "last_check_result": "fail", "last_check_latency": 0.25, "last_check_detail": "HTTP 503",
-    }
 
 
 def test_health_shows_the_pools_recorded_check(tmp_path):

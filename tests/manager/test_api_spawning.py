@@ -15,7 +15,8 @@ import pytest_twisted
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
-from heimdall.manager.spawner import RestartPolicy, ServerSpawner, SpawnError, Supervisor, is_port_free
+from heimdall.manager.spawner import ServerSpawner, SpawnError, is_port_free
+from heimdall.manager.supervisor import RestartPolicy, Supervisor
 from tests.netutil import free_port
 
 # Starts in a fraction of the demo backend's time.
@@ -134,7 +135,7 @@ class _Flaky:
 def test_http_ready_check(reactor, tracked, failures, timeout, passes):
     from twisted.web.server import Site
 
-    from heimdall.manager.api import HttpReadyCheck, NotReady
+    from heimdall.manager.readiness import HttpReadyCheck, NotReady
     from heimdall.manager.spawner import SpawnedServer
 
     resource = _Flaky(failures)
