@@ -8,6 +8,8 @@ from __future__ import annotations
 import random as _random
 from typing import Any, Iterable, Mapping, Optional, Union
 
+from heimdall.clock import maybe_global_reactor
+from heimdall.config.model import TimeoutsConfig, UpstreamConfig
 from heimdall.pool.pool import Backend, BackendPool
 from heimdall.proxy.resource import BalancerResource
 from heimdall.strategies.registry import default_registry
@@ -36,9 +38,9 @@ def balancer_resource(
     *,
     clock=None,
     random: Optional[_random.Random] = None,
-    connect_timeout: float = 5.0,
-    idle_timeout: float = 30.0,
-    max_idle_per_backend: int = 256,
+    connect_timeout: Optional[float] = None,
+    idle_timeout: Optional[float] = None,
+    max_idle_per_backend: Optional[int] = None,
     **resource_options: Any,
 ) -> BalancerResource:
     """
@@ -52,9 +54,13 @@ def balancer_resource(
     repeatable picks).  C{resource_options} go to L{BalancerResource}: C{retries},
     C{response_timeout}, C{max_body_bytes}, C{trusted_proxies},
     C{path_prefix}, C{access_log}.
+
+    C{clock} connects too (it is the reactor: the global one by default).
+    The timeouts and the idle-connection limit not given are the config's
+    defaults (L{TimeoutsConfig}, L{UpstreamConfig}).
     """
-    if clock is None:
-        from twisted.internet import reactor as clock  # type: ignore[no-redef]
+    clock = maybe_global_reactor(clock)
+    timeouts, upstream_config = TimeoutsConfig(), UpstreamConfig()
     pool = BackendPool(
         create_strategy(strategy, strategy_options, random=random, clock=clock), clock=clock
     )
@@ -62,8 +68,11 @@ def balancer_resource(
         pool.add(Backend.from_url(backend) if isinstance(backend, str) else backend)
     upstream = UpstreamPool(
         reactor=clock,
-        connect_timeout=connect_timeout,
-        idle_timeout=idle_timeout,
-        max_idle_per_backend=max_idle_per_backend,
+        connect_timeout=timeouts.connect if connect_timeout is None else connect_timeout,
+        idle_timeout=timeouts.idle_upstream if idle_timeout is None else idle_timeout,
+        max_idle_per_backend=(
+            upstream_config.max_idle_per_backend if max_idle_per_backend is None else max_idle_per_backend
+        ),
     )
+    resource_options.setdefault("response_timeout", timeouts.response)
     return BalancerResource(pool, upstream, clock=clock, **resource_options)

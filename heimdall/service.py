@@ -1,15 +1,25 @@
 """
-The running balancer: the pool, the proxy site and its listening port, the
-upstream connections, the manager API on its own port, and the spawned
-backends with their supervision, started and stopped in the right order as
-one Twisted service.
+The running balancer, and the composition root that builds it: the pool,
+the proxy site and its listening port, the upstream connections, the
+health checks and alerts, the manager API on its own port, the spawned
+backends with their supervision and the metrics, started and stopped in
+the right order as one Twisted service.
+
+Each part is built by one small function below (L{build_pool},
+L{build_proxy}, L{build_manager}, ...) from the config's typed values and
+the collaborators it needs; L{HeimdallService} calls them in order and
+holds the results.  No logic lives here: what a part does is in its
+package.
 """
 
 from __future__ import annotations
 
 import os
 import random as _random
-from typing import Mapping, Optional
+import signal
+import sys
+import threading
+from typing import Any, Callable, Mapping, Optional, Tuple
 
 import attrs
 from twisted.application import service
@@ -17,19 +27,40 @@ from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
-from heimdall.observe.accesslog import AccessLog
-from heimdall.config.model import Config
+from heimdall.clock import maybe_global_reactor
+from heimdall.config.health import RetryBudgetConfig
+from heimdall.config.model import Config, ManagerConfig
+from heimdall.health.wiring import HealthService, build_health
 from heimdall.manager.auth import check_exposure, resolve_token
 from heimdall.manager.readiness import HttpReadyCheck
 from heimdall.manager.servers import ServerManager
 from heimdall.manager.site import ManagerResource, ManagerSite
+from heimdall.manager.spawner import ServerSpawner
+from heimdall.manager.statefile import State, StateWriter, load_state, run_in_reactor_threads
+from heimdall.manager.supervisor import RestartPolicy
+from heimdall.observe.accesslog import AccessLog
+from heimdall.observe.logging import install_on_application, reopen_log_files
+from heimdall.observe.metrics import Metrics, exposition
 from heimdall.pool.pool import BackendPool
 from heimdall.proxy.resource import BalancerResource
-from heimdall.strategies.registry import default_registry
+from heimdall.proxy.retry_budget import RetryBudget
 from heimdall.proxy.site import HeimdallSite
-from heimdall.manager.supervisor import RestartPolicy
-from heimdall.manager.statefile import State, StateWriter, load_state, run_in_reactor_threads
 from heimdall.proxy.upstream import UpstreamPool
+from heimdall.strategies.registry import default_registry
+
+__all__ = [
+    "HeimdallService",
+    "Preflight",
+    "Proxy",
+    "build_manager",
+    "build_manager_site",
+    "build_metrics",
+    "build_pool",
+    "build_proxy",
+    "build_retry_budget",
+    "build_spawner",
+    "preflight",
+]
 
 _log = Logger()
 
@@ -52,22 +83,168 @@ class Preflight:
 def preflight(config: Config, environ: Optional[Mapping[str, str]] = None) -> Preflight:
     """
     Resolve the manager's token, refuse a manager exposed without one, and
-    read the state file.
+    read the state file.  (The config's sections, health and alerts
+    included, were all checked when it was parsed.)
 
     @raise heimdall.errors.ConfigError: for the token or the exposure.
     @raise heimdall.manager.statefile.StateFileError: naming the state file, if it
         exists but cannot be read or parsed.
     """
-    from heimdall.config.health import parse_alerts, parse_health
-
-    # The health and alerts sections are validated by their own parsers.
-    parse_health(config.health)
-    parse_alerts(config.alerts)
     token = resolve_token(config.manager, environ)
     check_exposure(config.manager, token)
     # Absolute now: a later change of directory must not move it.
     path = os.path.abspath(config.manager.state_file)
     return Preflight(token, load_state(path), path)
+
+
+# --- Builders: one part each, from config values and collaborators ------------
+
+
+def build_pool(config: Config, clock: Any) -> BackendPool:
+    """
+    The backend pool with the configured strategy and the pool settings of
+    the C{health} section (panic mode).
+    """
+    strategy = default_registry().create(config.strategy.name, dict(config.strategy.options), _random.Random(), clock)
+    return BackendPool(strategy, clock=clock, panic_mode=config.health.pool.panic_mode)
+
+
+def build_retry_budget(settings: RetryBudgetConfig, clock: Any) -> RetryBudget:
+    """
+    The proxy's retry budget.  Live requests are counted by the proxy
+    (request_started/finished), not summed from the pool's leases: right
+    after a backend dies its failed leases are gone while its requests
+    still need a retry.
+    """
+    return RetryBudget(
+        budget_ratio=settings.percent / 100.0, min_retry_concurrency=settings.min_retry_concurrency, clock=clock
+    )
+
+
+@attrs.frozen
+class Proxy:
+    """
+    The data path's parts: upstream connections, the access log (or None),
+    the balancing resource and the site that serves it.
+    """
+
+    upstream: UpstreamPool
+    access_log: Optional[AccessLog]
+    resource: BalancerResource
+    site: HeimdallSite
+
+
+def build_proxy(config: Config, pool: BackendPool, reactor: Any) -> Proxy:
+    """
+    The proxy over C{pool}, with its retry budget, timeouts and limits.
+    """
+    upstream = UpstreamPool(
+        reactor=reactor,
+        connect_timeout=config.timeouts.connect,
+        idle_timeout=config.timeouts.idle_upstream,
+        max_idle_per_backend=config.upstream.max_idle_per_backend,
+    )
+    access_log = (
+        AccessLog.open(config.access_log.format, config.access_log.path) if config.access_log.enabled else None
+    )
+    resource = BalancerResource(
+        pool,
+        upstream,
+        clock=reactor,
+        retries=config.retries,
+        response_timeout=config.timeouts.response,
+        max_body_bytes=config.limits.max_body_bytes,
+        trusted_proxies=config.forwarded.trusted_proxies,
+        access_log=access_log,
+        retry_on=config.retry_on,
+        retry_budget=build_retry_budget(config.health.retry_budget, reactor),
+    )
+    site = HeimdallSite(
+        resource,
+        max_uri_bytes=config.limits.max_uri_bytes,
+        max_header_bytes=config.limits.max_header_bytes,
+        max_body_bytes=config.limits.max_body_bytes,
+        header_timeout=config.timeouts.client_header,
+        idle_timeout=config.timeouts.client_idle,
+        reactor=reactor,
+    )
+    return Proxy(upstream, access_log, resource, site)
+
+
+def build_spawner(manager_config: ManagerConfig, reactor: Any) -> ServerSpawner:
+    return ServerSpawner(
+        reactor=reactor,
+        host=manager_config.host,
+        base_port=manager_config.base_port,
+        port_range=manager_config.port_range,
+        command=manager_config.command,
+        ready_timeout=manager_config.ready_timeout,
+        stop_grace=manager_config.stop_grace,
+    )
+
+
+def build_manager(
+    config: Config, pool: BackendPool, spawner: ServerSpawner, reactor: Any, state_path: str
+) -> ServerManager:
+    """
+    The server manager (domain), writing its changes to C{state_path}.
+    """
+    manager_config = config.manager
+    ready_check = (
+        HttpReadyCheck(reactor, path=manager_config.ready_path, timeout=manager_config.ready_timeout)
+        if manager_config.ready_path is not None
+        else None
+    )
+    return ServerManager(
+        pool=pool,
+        spawner=spawner,
+        clock=reactor,
+        writer=StateWriter(state_path, run=run_in_reactor_threads(reactor)),
+        drain_timeout=manager_config.drain_timeout,
+        ready_check=ready_check,
+        restart_policy=RestartPolicy.from_config(manager_config.restart),
+        config_backends=config.backends,
+        strategy_name=config.strategy.name,
+        info={"listen": {"proxy": config.listen, "manager": manager_config.listen}, "state_file": state_path},
+    )
+
+
+def build_metrics(
+    config: Config,
+    pool: BackendPool,
+    proxy: Proxy,
+    spawner: ServerSpawner,
+    health: HealthService,
+    manager: ServerManager,
+) -> Tuple[Metrics, Callable[[], None]]:
+    """
+    Prometheus metrics over every part, and the function that detaches
+    them.
+    """
+    metrics = Metrics(strategy_name=config.strategy.name)
+    detach = metrics.attach(
+        pool,
+        proxy.resource,
+        proxy.upstream,
+        spawner=spawner,
+        alerts=health.alerts,
+        supervisor=manager.supervisor,
+    )
+    health.prober.check_observers.append(lambda backend_id, result: metrics.record_health_check(backend_id, result.ok))
+    return metrics, detach
+
+
+def build_manager_site(
+    manager: ServerManager, token: Optional[str], metrics: Metrics, reactor: Any
+) -> Tuple[ManagerResource, ManagerSite]:
+    """
+    The manager API, with the metrics at C{/metrics}.
+    """
+    resource = ManagerResource(manager, token=token, metrics=exposition(metrics.registry))
+    return resource, ManagerSite(resource, reactor=reactor)
+
+
+# --- The service ------------------------------------------------------------------
 
 
 class HeimdallService(service.MultiService):
@@ -79,122 +256,47 @@ class HeimdallService(service.MultiService):
     """
 
     def __init__(
-        self, config: Config, reactor=None, checked: Optional[Preflight] = None, exit_on_failure: bool = False
+        self,
+        config: Config,
+        reactor: Any = None,
+        preflight_result: Optional[Preflight] = None,
+        exit_on_failure: bool = False,
     ) -> None:
         """
-        @param checked: the result of L{preflight}, when the caller already
-            ran it (twistd does, to report problems before starting); else
-            it runs here and its errors propagate.
+        @param preflight_result: the result of L{preflight}, when the
+            caller already ran it (twistd does, to report problems before
+            starting); else it runs here and its errors propagate.
         @param exit_on_failure: a failed start ends the process with
             status 1 (twistd); else it stops the reactor if it runs.
         """
         super().__init__()
-        if reactor is None:
-            from twisted.internet import reactor as _reactor
-
-            reactor = _reactor
-        if checked is None:
-            checked = preflight(config)
+        reactor = maybe_global_reactor(reactor)
         self.config = config
         self.reactor = reactor
-        self.checked = checked
+        self.preflight_result = preflight_result if preflight_result is not None else preflight(config)
         self.exit_on_failure = exit_on_failure
-        strategy = default_registry().create(
-            config.strategy.name, dict(config.strategy.options), _random.Random(), reactor
-        )
-        self.pool = BackendPool(strategy, clock=reactor)
-        from heimdall.health.wiring import build_health
-
-        # Active checks, outlier detection, alerts and the retry budget.
+        self.pool = build_pool(config, reactor)
+        # Active checks, outlier detection and alerts.
         self.health = build_health(config.health, config.alerts, self.pool, reactor, reactor)
         self.health.setServiceParent(self)
-        self.upstream = UpstreamPool(
-            reactor=reactor,
-            connect_timeout=config.timeouts.connect,
-            idle_timeout=config.timeouts.idle_upstream,
-            max_idle_per_backend=config.upstream.max_idle_per_backend,
+        proxy = build_proxy(config, self.pool, reactor)
+        self.upstream, self.access_log, self.resource, self.site = (
+            proxy.upstream,
+            proxy.access_log,
+            proxy.resource,
+            proxy.site,
         )
-        self.access_log: Optional[AccessLog] = (
-            AccessLog.open(config.access_log.format, config.access_log.path)
-            if config.access_log.enabled
-            else None
-        )
-        self.resource = BalancerResource(
-            self.pool,
-            self.upstream,
-            clock=reactor,
-            retries=config.retries,
-            response_timeout=config.timeouts.response,
-            max_body_bytes=config.limits.max_body_bytes,
-            trusted_proxies=config.forwarded.trusted_proxies,
-            access_log=self.access_log,
-            retry_on=config.retry_on,
-            retry_budget=self.health.retry_budget,
-        )
-        self.site = HeimdallSite(
-            self.resource,
-            max_uri_bytes=config.limits.max_uri_bytes,
-            max_header_bytes=config.limits.max_header_bytes,
-            max_body_bytes=config.limits.max_body_bytes,
-            header_timeout=config.timeouts.client_header,
-            idle_timeout=config.timeouts.client_idle,
-            reactor=reactor,
-        )
-        from heimdall.manager.spawner import ServerSpawner
-
-        manager_config = config.manager
-        self.spawner = ServerSpawner(
-            reactor=reactor,
-            host=manager_config.host,
-            base_port=manager_config.base_port,
-            port_range=manager_config.port_range,
-            command=manager_config.command,
-            ready_timeout=manager_config.ready_timeout,
-            stop_grace=manager_config.stop_grace,
-        )
-        ready_check = (
-            HttpReadyCheck(reactor, path=manager_config.ready_path, timeout=manager_config.ready_timeout)
-            if manager_config.ready_path is not None
-            else None
-        )
-        self.manager = ServerManager(
-            pool=self.pool,
-            spawner=self.spawner,
-            clock=reactor,
-            writer=StateWriter(checked.state_path, run=run_in_reactor_threads(reactor)),
-            drain_timeout=manager_config.drain_timeout,
-            ready_check=ready_check,
-            restart_policy=RestartPolicy.from_config(manager_config.restart),
-            config_backends=config.backends,
-            strategy_name=config.strategy.name,
-            info={
-                "listen": {"proxy": config.listen, "manager": manager_config.listen},
-                "state_file": checked.state_path,
-            },
-        )
+        self.spawner = build_spawner(config.manager, reactor)
+        self.manager = build_manager(config, self.pool, self.spawner, reactor, self.preflight_result.state_path)
         # config.json's backends with the state file's changes, at once;
         # managed servers are spawned when the service starts.
-        self._to_restore = self.manager.load(checked.state)
-        from heimdall.observe.metrics import Metrics, exposition
-
-        # Prometheus metrics, served by the manager at /metrics.
-        self.metrics = Metrics(strategy_name=config.strategy.name)
-        self._detach_metrics = self.metrics.attach(
-            self.pool,
-            self.resource,
-            self.upstream,
-            spawner=self.spawner,
-            alerts=self.health.alerts,
-            supervisor=getattr(self.manager, "supervisor", None),
+        self._to_restore = self.manager.load(self.preflight_result.state)
+        self.metrics, self._detach_metrics = build_metrics(
+            config, self.pool, proxy, self.spawner, self.health, self.manager
         )
-        metrics = self.metrics
-        self.health.prober.check_observers.append(
-            lambda backend_id, result: metrics.record_health_check(backend_id, result.ok)
+        self.manager_resource, self.manager_site = build_manager_site(
+            self.manager, self.preflight_result.token, self.metrics, reactor
         )
-        self.manager_resource = ManagerResource(
-            self.manager, token=checked.token, metrics=exposition(self.metrics.registry)
-        )
-        self.manager_site = ManagerSite(self.manager_resource, reactor=reactor)
         self.port = None
         self.manager_port = None
         self.ready: defer.Deferred = defer.Deferred()
@@ -203,8 +305,6 @@ class HeimdallService(service.MultiService):
         result = super().setServiceParent(parent)
         # Under twistd the parent is the application, whose logger starts
         # after this and uses the observer we set here.
-        from heimdall.observe.logging import install_on_application
-
         install_on_application(parent, self.config.log)
         return result
 
@@ -212,17 +312,12 @@ class HeimdallService(service.MultiService):
         """
         Reopen the access log and heimdall's own log files (SIGUSR1).
         """
-        from heimdall.observe.logging import reopen_log_files
-
         if self.access_log is not None:
             self.access_log.reopen()
         reopen_log_files()
         _log.info("log files reopened")
 
     def _install_sigusr1(self) -> None:
-        import signal
-        import threading
-
         if not hasattr(signal, "SIGUSR1") or threading.current_thread() is not threading.main_thread():
             return
 
@@ -233,8 +328,6 @@ class HeimdallService(service.MultiService):
         self._previous_sigusr1 = signal.signal(signal.SIGUSR1, on_sigusr1)
 
     def _restore_sigusr1(self) -> None:
-        import signal
-
         previous = getattr(self, "_previous_sigusr1", None)
         if previous is not None:
             signal.signal(signal.SIGUSR1, previous)
@@ -268,11 +361,11 @@ class HeimdallService(service.MultiService):
             "heimdall manager listening on {host}:{port}{auth}",
             host=getattr(address, "host", getattr(address, "name", "?")),
             port=getattr(address, "port", ""),
-            auth=" (bearer token required)" if self.checked.token is not None else "",
+            auth=" (bearer token required)" if self.preflight_result.token is not None else "",
         )
 
     async def _populate(self):
-        if self.checked.state is None:
+        if self.preflight_result.state is None:
             # A first start: config.json's demo backends.  Afterwards the
             # state file lists every spawned server, and they are restored.
             return await self.manager.spawn_initial(self.config.spawn)
@@ -289,8 +382,6 @@ class HeimdallService(service.MultiService):
             # servers), then exit with status 1 rather than run on with
             # no port, or exit 0 as if all was well.
             def exit_now() -> None:
-                import sys
-
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(1)

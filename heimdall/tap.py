@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from twisted.python import usage
 
+from heimdall.config.model import load_config
 from heimdall.errors import ConfigError
+from heimdall.manager.statefile import StateFileError
 
 
 class Options(usage.Options):
@@ -23,8 +25,6 @@ class Options(usage.Options):
     ]
 
     def postOptions(self) -> None:
-        from heimdall.config.model import load_config
-
         try:
             config = load_config(self["config"])
             config = config.with_overrides(
@@ -33,24 +33,28 @@ class Options(usage.Options):
         except ConfigError as e:
             # twistd prints this and exits non-zero: heimdall refuses to start.
             raise usage.UsageError(f"invalid configuration: {e}") from None
+        # Imported here, not at the top: twisted.web.proxy (under
+        # heimdall.service) imports the global reactor, and twistd imports
+        # this module before it installs the reactor chosen by --reactor.
         from heimdall.service import preflight
-        from heimdall.manager.statefile import StateFileError
 
         try:
             # The manager's token and exposure, and the state file, are
             # checked here too, so that a problem is one clear line.
-            checked = preflight(config)
+            preflight_result = preflight(config)
         except ConfigError as e:
             raise usage.UsageError(f"invalid configuration: {e}") from None
         except StateFileError as e:
             raise usage.UsageError(f"cannot start: {e}") from None
         self.heimdall_config = config
-        self.heimdall_preflight = checked
+        self.heimdall_preflight = preflight_result
 
 
 def makeService(options: Options):
     from heimdall.service import HeimdallService
 
     return HeimdallService(
-        options.heimdall_config, checked=getattr(options, "heimdall_preflight", None), exit_on_failure=True
+        options.heimdall_config,
+        preflight_result=getattr(options, "heimdall_preflight", None),
+        exit_on_failure=True,
     )

@@ -2,9 +2,9 @@
 The C{health} and C{alerts} sections of the configuration, parsed and
 validated into frozen attrs values.
 
-L{heimdall.config.model.Config} keeps both sections as read-only mappings, as
-given; L{parse_health} and L{parse_alerts} turn them into L{HealthConfig}
-and L{AlertsConfig}.  The rules are those of the rest of the config: strict
+L{parse_health} and L{parse_alerts} turn them into L{HealthConfig} and
+L{AlertsConfig}; L{heimdall.config.model.parse_config} calls them, so that
+L{heimdall.config.model.Config} holds both sections typed.  The rules are those of the rest of the config: strict
 types, durations as C{"500ms"}/C{"2s"}/numbers of seconds, unknown keys are
 errors with a did-you-mean suggestion, keys starting with C{_} are comments.
 Errors are L{ConfigError}s whose path starts with the section:
@@ -68,6 +68,8 @@ __all__ = [
     "CommandConfig",
     "HealthConfig",
     "OutlierConfig",
+    "PoolSettings",
+    "RetryBudgetConfig",
     "WebhookConfig",
     "parse_alerts",
     "parse_health",
@@ -297,6 +299,20 @@ def _normalise_backend_key(key: str) -> str:
 
 
 @attrs.frozen
+class PoolSettings:
+    """
+    What the pool itself does, configured under C{health} (the key
+    C{"panic"}) but handed to the L{heimdall.pool.pool.BackendPool} where it
+    is built.
+
+    @ivar panic_mode: C{"fail"} or C{"route"} (see
+        L{heimdall.pool.pool.BackendPool.panic_mode}).
+    """
+
+    panic_mode: str = attrs.field(default="fail", validator=validator(one_of(*PANIC_MODES)))
+
+
+@attrs.frozen
 class HealthConfig:
     """
     The whole C{health} section.
@@ -304,8 +320,9 @@ class HealthConfig:
     @ivar check: the check settings of every backend without its own.
     @ivar backends: the settings of backends that override some, by
         backend id (C{host:port}), already merged over C{check}.
-    @ivar panic_mode: C{"fail"} or C{"route"} (see
-        L{heimdall.pool.pool.BackendPool.panic_mode}).
+    @ivar outlier: the passive checks.
+    @ivar retry_budget: for the proxy, which is where it is built.
+    @ivar pool: for the pool (panic mode).
     """
 
     check: CheckSettings = attrs.field(factory=CheckSettings, validator=attrs.validators.instance_of(CheckSettings))
@@ -316,7 +333,7 @@ class HealthConfig:
     retry_budget: RetryBudgetConfig = attrs.field(
         factory=RetryBudgetConfig, validator=attrs.validators.instance_of(RetryBudgetConfig)
     )
-    panic_mode: str = attrs.field(default="fail", validator=validator(one_of(*PANIC_MODES)))
+    pool: PoolSettings = attrs.field(factory=PoolSettings, validator=attrs.validators.instance_of(PoolSettings))
 
     def for_backend(self, backend_id: str) -> CheckSettings:
         return self.backends.get(backend_id, self.check)
@@ -449,9 +466,8 @@ def parse_health(data: Optional[Mapping[str, Any]], path: str = "health") -> Hea
             backends[backend_id] = _parse_check(_config_object(overrides, key_path, _CHECK_KEYS), key_path, check)
     panic = entries.get("panic", "fail")
     _problem(join(path, "panic"), one_of(*PANIC_MODES)(panic))
-    return HealthConfig(
-        check=check, backends=backends, outlier=outlier, retry_budget=retry_budget, panic_mode=panic
-    )
+    pool = PoolSettings(panic_mode=panic)
+    return HealthConfig(check=check, backends=backends, outlier=outlier, retry_budget=retry_budget, pool=pool)
 
 
 def parse_alerts(data: Optional[Mapping[str, Any]], path: str = "alerts") -> AlertsConfig:

@@ -22,11 +22,14 @@ The rules, in short:
   - Comments: any key starting with C{_} (C{"_comment"}, C{"_note"}, ...)
     is ignored in every object whose keys heimdall defines, and the
     top-level object may also carry C{"$schema"} for editors.
-  - C{health} and C{alerts} are kept as they are (they must be objects),
-    for the components that read them.
+  - C{health} and C{alerts} are parsed by L{heimdall.config.health}, with
+    the same rules, into L{HealthConfig} and L{AlertsConfig}.
 
-Mappings held by these values (L{StrategyConfig.options}, L{Config.health},
-L{Config.alerts}) are read-only C{MappingProxyType}s over private copies of
+The module is split in three: this one (the values, L{parse_config},
+L{load_config}), L{heimdall.config.fields} (durations, sizes, endpoints,
+field checks) and L{heimdall.config.reader} (the strict JSON reader).
+
+Mappings held by these values (L{StrategyConfig.options}) are read-only C{MappingProxyType}s over private copies of
 plain C{dict}s and C{list}s: a caller changing its own data afterwards does
 not change the config, and nobody can change it through the config.
 """
@@ -66,6 +69,7 @@ from heimdall.config.fields import (
     tuple_from_list,
     validator,
 )
+from heimdall.config.health import AlertsConfig, HealthConfig, parse_alerts, parse_health
 from heimdall.config.reader import FROM_JSON, entries, join, json_type, loads, structure, suggestion
 from heimdall.errors import ConfigError, UnknownStrategy
 from heimdall.pool.pool import Backend
@@ -75,8 +79,10 @@ __all__ = [
     "ENDPOINT_TYPES",
     "SIZE_PROBLEM",
     "AccessLogConfig",
+    "AlertsConfig",
     "BackendConfig",
     "Config",
+    "HealthConfig",
     "ConfigError",
     "ForwardedConfig",
     "LimitsConfig",
@@ -375,8 +381,8 @@ class Config:
         on ports from C{manager.base_port}.
     @ivar retries: extra attempts on another backend for a request that
         provably did not reach a backend.
-    @ivar health: the health-check settings, as given (read-only mapping).
-    @ivar alerts: the alert settings, as given (read-only mapping).
+    @ivar health: the health-check settings (L{heimdall.config.health}).
+    @ivar alerts: the alert settings (L{heimdall.config.health}).
     """
 
     listen: str = endpoint_field("tcp:8080:interface=127.0.0.1")
@@ -402,11 +408,15 @@ class Config:
     forwarded: ForwardedConfig = section(ForwardedConfig, "a ForwardedConfig")
     access_log: AccessLogConfig = section(AccessLogConfig, "an AccessLogConfig")
     log: LogConfig = section(LogConfig, "a LogConfig")
-    health: Mapping[str, Any] = attrs.field(
-        factory=dict, converter=read_only_mapping, validator=validator(mapping), hash=False
+    health: HealthConfig = attrs.field(
+        factory=HealthConfig,
+        validator=validator(instance_of(HealthConfig, "a HealthConfig")),
+        metadata={FROM_JSON: lambda value, path: parse_health(value, path)},
     )
-    alerts: Mapping[str, Any] = attrs.field(
-        factory=dict, converter=read_only_mapping, validator=validator(mapping), hash=False
+    alerts: AlertsConfig = attrs.field(
+        factory=AlertsConfig,
+        validator=validator(instance_of(AlertsConfig, "an AlertsConfig")),
+        metadata={FROM_JSON: lambda value, path: parse_alerts(value, path)},
     )
 
     def __attrs_post_init__(self) -> None:

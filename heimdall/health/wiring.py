@@ -3,10 +3,15 @@ One call that builds health checks, outlier detection and alerts for a
 pool: L{build_health}, returning a L{HealthService} to add to heimdall's
 MultiService.
 
-    health = build_health(config.health, config.alerts, pool, reactor, reactor)
+    health = build_health(config.health, config.alerts, pool, clock, reactor)
     health.setServiceParent(multi_service)       # or health.startService()
     health.prober, health.detector, health.alerts    # the three components
-    health.retry_budget                              # for the proxy
+
+The sections come typed (L{heimdall.config.health.HealthConfig} and
+L{heimdall.config.health.AlertsConfig}, parsed once with the rest of the
+config).  What the section configures for others is built by them: the
+pool's panic mode where the pool is built, the retry budget where the
+proxy is built (L{heimdall.service}).
 
 Start order: alerts, outlier detection, active checks (so that the first
 transitions are already alerted); stop order the reverse.
@@ -15,7 +20,7 @@ transitions are already alerted); stop order the reverse.
 from __future__ import annotations
 
 import random as _random
-from typing import Any, Mapping, Optional
+from typing import Any, Optional
 
 from twisted.application.service import Service
 from twisted.internet import defer
@@ -23,10 +28,9 @@ from twisted.internet import defer
 from heimdall.observe.alerts import AlertDispatcher
 from heimdall.health.active import HealthProber
 from heimdall.health.probes import default_check_factory
-from heimdall.config.health import AlertsConfig, HealthConfig, parse_alerts, parse_health
+from heimdall.config.health import AlertsConfig, HealthConfig
 from heimdall.health.outlier import OutlierDetector
 from heimdall.pool.pool import BackendPool
-from heimdall.proxy.retry_budget import RetryBudget
 
 __all__ = ["HealthService", "build_health"]
 
@@ -34,7 +38,7 @@ __all__ = ["HealthService", "build_health"]
 class HealthService(Service):
     """
     The prober, the outlier detector and the alert dispatcher of one pool,
-    started and stopped together.  Sets the pool's panic mode.
+    started and stopped together.
     """
 
     name = "heimdall-health"
@@ -56,7 +60,6 @@ class HealthService(Service):
         self.pool = pool
         self.health_config = health
         self.alerts_config = alerts
-        pool.panic_mode = health.panic_mode
         self.prober = HealthProber(
             pool,
             health,
@@ -66,15 +69,6 @@ class HealthService(Service):
         )
         self.detector = OutlierDetector(pool, health.outlier, clock)
         self.alerts = AlertDispatcher.from_config(alerts, pool, clock, reactor, webhook_client)
-        # Live requests are counted by the proxy (request_started/finished),
-        # not summed from the pool's leases: right after a backend dies its
-        # failed leases are gone while its requests still need a retry.
-        budget = health.retry_budget
-        self.retry_budget = RetryBudget(
-            budget_ratio=budget.percent / 100.0,
-            min_retry_concurrency=budget.min_retry_concurrency,
-            clock=clock,
-        )
 
     def startService(self) -> None:
         super().startService()
@@ -91,19 +85,18 @@ class HealthService(Service):
 
 
 def build_health(
-    health_mapping: Optional[Mapping[str, Any]],
-    alerts_mapping: Optional[Mapping[str, Any]],
+    health: HealthConfig,
+    alerts: AlertsConfig,
     pool: BackendPool,
     clock: Any,
     reactor: Any = None,
     **options: Any,
 ) -> HealthService:
     """
-    Parse the C{health} and C{alerts} sections and build a L{HealthService}
-    (not started).  C{options}: C{random}, C{agent} (the probes' IAgent),
-    C{webhook_client} (treq-like), C{check_factory}.
-
-    @raise heimdall.errors.ConfigError: for a bad section, with a path like
-        C{health.interval}.
+    A L{HealthService} (not started) for C{pool}.  C{clock} is an
+    IReactorTime; C{reactor} connects (the probes, the webhooks) and
+    spawns (the alert commands), C{clock} when not given.  C{options}:
+    C{random}, C{agent} (the probes' IAgent), C{webhook_client}
+    (treq-like), C{check_factory}.
     """
-    return HealthService(pool, parse_health(health_mapping), parse_alerts(alerts_mapping), clock, reactor, **options)
+    return HealthService(pool, health, alerts, clock, reactor, **options)

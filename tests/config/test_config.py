@@ -12,6 +12,7 @@ import attrs
 import pytest
 
 from heimdall.config import model as config_module
+from heimdall.config.health import AlertsConfig, CheckSettings, HealthConfig, WebhookConfig
 from heimdall.config.model import (
     DURATION_PROBLEM,
     SIZE_PROBLEM,
@@ -99,7 +100,7 @@ def test_default_config_is_valid():
     assert config.upstream == UpstreamConfig(max_idle_per_backend=256)
     assert config.forwarded == ForwardedConfig(trusted_proxies=())
     assert config.log == LogConfig(format="text", path="-", level="info")
-    assert dict(config.health) == {} and dict(config.alerts) == {}
+    assert config.health == HealthConfig() and config.alerts == AlertsConfig()
     # Frozen and hashable, despite the mappings inside.
     hash(config)
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
@@ -177,8 +178,8 @@ def test_full_config_parses():
     )
     assert config.access_log == AccessLogConfig(enabled=False, format="json", path="/var/log/access.log")
     assert config.log == LogConfig(format="json", path="heimdall.log", level="debug")
-    assert config.health == {"interval": "5s", "path": "/healthz"}
-    assert config.alerts == {"webhooks": [{"url": "http://hooks.invalid/x"}]}
+    assert config.health == HealthConfig(check=CheckSettings(interval=5, path="/healthz"))
+    assert config.alerts == AlertsConfig(webhooks=(WebhookConfig(url="http://hooks.invalid/x"),))
 
 
 # --- Durations and sizes -------------------------------------------------------
@@ -444,7 +445,7 @@ def test_parse_endpoint_invalid(value, problem):
         # health, alerts
         ({"health": []}, "health: must be an object"),
         ({"alerts": "email"}, "alerts: must be an object"),
-        ({"health": {1: "x"}}, "health: must have string keys"),
+        ({"health": {1: "x"}}, "health: keys must be strings, not 1"),
     ],
 )
 def test_error_messages(data, message):
@@ -647,7 +648,7 @@ def test_strategy_options_are_read_only_copies():
         (lambda: Config(strategy=3), "strategy: must be a strategy name or a StrategyConfig"),
         (lambda: Config(timeouts={"connect": 1}), "timeouts: must be a TimeoutsConfig"),
         (lambda: Config(backends=["http://a:1"]), "backends[0]: must be a BackendConfig"),
-        (lambda: Config(health=[]), "health: must be an object"),
+        (lambda: Config(health=[]), "health: must be a HealthConfig"),
         (lambda: TimeoutsConfig(connect=0), "connect: must be greater than 0"),
         (lambda: TimeoutsConfig(response="fast"), f"response: {DURATION_PROBLEM}"),
         (lambda: LimitsConfig(max_body_bytes=-5), f"max_body_bytes: {SIZE_PROBLEM}"),
@@ -806,9 +807,14 @@ def test_load_config_rejects_duplicate_keys(tmp_path, text, message):
     assert str(caught.value) == message
 
 
-def test_stored_json_objects_are_plain(tmp_path):
-    config = load_text(tmp_path, '{"health": {"checks": [{"path": "/"}]}}')
-    assert type(config.health["checks"][0]) is dict
+def test_health_and_alerts_are_parsed_with_the_rest(tmp_path):
+    # Once, by load_config: a bad health key fails the load, not the start.
+    with pytest.raises(ConfigError) as caught:
+        load_text(tmp_path, '{"health": {"checks": [{"path": "/"}]}}')
+    assert str(caught.value).startswith("health.checks: unknown key")
+    with pytest.raises(ConfigError) as caught:
+        load_text(tmp_path, '{"alerts": {"flap_window": "1s", "flap_window": "2s"}}')
+    assert str(caught.value) == "alerts.flap_window: duplicate key"
 
 
 def test_public_names():

@@ -39,7 +39,7 @@ def test_defaults():
     outlier = health.outlier
     assert (outlier.consecutive_failures, outlier.consecutive_connection_failures, outlier.count_5xx) == (5, 1, False)
     assert (outlier.base_ejection_time, outlier.max_ejection_time, outlier.max_ejection_percent) == (30, 300, 50)
-    assert health.panic_mode == "fail"
+    assert health.pool.panic_mode == "fail"
     alerts = parse_alerts({})
     assert alerts == AlertsConfig() and alerts.flap_window == 60 and alerts.webhooks == ()
 
@@ -68,7 +68,7 @@ def test_a_full_health_section_from_the_config_file():
             }
         }
     )
-    health = parse_health(config.health)
+    health = config.health
     check = health.check
     assert check.method == "HEAD" and check.path == "/ready" and check.headers == (("Host", "app.example"),)
     assert check.expect_status == ((200, 200), (300, 399), (401, 403)) and check.describe_statuses() == "200,300-399,401-403"
@@ -79,7 +79,7 @@ def test_a_full_health_section_from_the_config_file():
     assert health.for_backend("[::1]:80").type == "tcp"
     assert health.for_backend("10.0.0.1:80") is check
     assert health.outlier.count_5xx and health.outlier.base_ejection_time == 10
-    assert health.panic_mode == "route"
+    assert health.pool.panic_mode == "route"
 
 
 @pytest.mark.parametrize(
@@ -156,15 +156,14 @@ def test_build_health_wires_and_unwires_everything():
     pool = BackendPool(default_registry().create("round_robin", {}, random.Random(0), reactor), clock=reactor)
     member = pool.add(Backend.from_url("http://127.0.0.1:9000"))
     service = build_health(
-        {"type": "tcp", "panic": "route", "interval": "1s"},
-        {"webhooks": [{"url": "http://127.0.0.1:1/hook"}]},
+        parse_health({"type": "tcp", "interval": "1s"}),
+        parse_alerts({"webhooks": [{"url": "http://127.0.0.1:1/hook"}]}),
         pool,
         reactor,
         reactor,
         random=random.Random(0),
     )
     assert isinstance(service, HealthService)
-    assert pool.panic_mode == "route"
     assert [type(s).__name__ for s in service.alerts.sinks] == ["WebhookSink"]
     service.startService()
     reactor.advance(0.1)  # the first probe at once, after its jitter (up to 10% of 1 s)
@@ -172,12 +171,9 @@ def test_build_health_wires_and_unwires_everything():
     assert service.prober.running and service.detector.running
     pool.lease(member).release(Outcome(failure="connect"))
     assert member.ejected
-    assert service.retry_budget.allowed() == 10  # the default minimum
     service.stopService()
     assert not service.prober.running and not service.detector.running
     assert [c for c in reactor.getDelayedCalls() if c.active()] == []
-    with pytest.raises(ConfigError, match="^health.rise: "):
-        build_health({"rise": -1}, {}, pool, reactor)
 
 
 def test_retry_budget_section():

@@ -31,6 +31,7 @@ from twisted.internet.defer import DeferredList
 from twisted.internet.task import LoopingCall, deferLater
 from zope.interface import implementer
 
+from heimdall.config.health import AlertsConfig, HealthConfig
 from heimdall.health.wiring import build_health
 from heimdall.interfaces import IStrategy
 from heimdall.pool.pool import is_eligible
@@ -155,7 +156,7 @@ def _setup(start_proxy, reactor, servers, timeline, **resource_options):
     pool = proxy.pool
     pool.set_strategy(RecordingStrategy(pool.strategy, timeline, reactor))
     pool.subscribe_outcomes(lambda member, outcome: timeline.append(("outcome", member.id, reactor.seconds(), outcome)))
-    health = build_health({}, {"flap_window": 0}, pool, reactor, reactor, random=random.Random(7))
+    health = build_health(HealthConfig(), AlertsConfig(flap_window=0), pool, reactor, reactor, random=random.Random(7))
     return proxy, health
 
 
