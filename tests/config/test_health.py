@@ -1,14 +1,10 @@
 """
-L{heimdall.config.health}: parsing the C{health} and C{alerts} sections,
-and L{heimdall.health.wiring.build_health}.
+L{heimdall.config.health}: parsing the C{health} and C{alerts} sections.
 """
 
 from __future__ import annotations
 
-import random
-
 import pytest
-from twisted.internet.testing import MemoryReactorClock
 
 from heimdall.config.model import parse_config
 from heimdall.errors import ConfigError
@@ -17,13 +13,11 @@ from heimdall.config.health import (
     CheckSettings,
     HealthConfig,
     OutlierConfig,
+    PoolSettings,
     WebhookConfig,
     parse_alerts,
     parse_health,
 )
-from heimdall.health.wiring import HealthService, build_health
-from heimdall.pool.pool import Backend, BackendPool, Outcome
-from heimdall.strategies.registry import default_registry
 
 DURATION = 'must be a duration like "500ms", "2s" or "1m", or a number of seconds'
 
@@ -151,37 +145,17 @@ def test_values_built_in_code_validate_too():
         config.backends["b:2"] = CheckSettings()  # read-only
 
 
-def test_build_health_wires_and_unwires_everything():
-    reactor = MemoryReactorClock()
-    pool = BackendPool(default_registry().create("round_robin", {}, random.Random(0), reactor), clock=reactor)
-    member = pool.add(Backend.from_url("http://127.0.0.1:9000"))
-    service = build_health(
-        parse_health({"type": "tcp", "interval": "1s"}),
-        parse_alerts({"webhooks": [{"url": "http://127.0.0.1:1/hook"}]}),
-        pool,
-        reactor,
-        reactor,
-        random=random.Random(0),
-    )
-    assert isinstance(service, HealthService)
-    assert [type(s).__name__ for s in service.alerts.sinks] == ["WebhookSink"]
-    service.startService()
-    reactor.advance(0.1)  # the first probe at once, after its jitter (up to 10% of 1 s)
-    assert len(reactor.tcpClients) == 1
-    assert service.prober.running and service.detector.running
-    pool.lease(member).release(Outcome(failure="connect"))
-    assert member.ejected
-    service.stopService()
-    assert not service.prober.running and not service.detector.running
-    assert [c for c in reactor.getDelayedCalls() if c.active()] == []
-
-
 def test_retry_budget_section():
-    from heimdall.config.health import parse_health
-
     config = parse_health({"retry_budget": {"percent": 20, "min_retry_concurrency": 3}})
     assert (config.retry_budget.percent, config.retry_budget.min_retry_concurrency) == (20, 3)
     assert parse_health({}).retry_budget.percent == 50
     with pytest.raises(ConfigError) as info:
         parse_health({"retry_budget": {"percent": 150}})
     assert str(info.value).startswith("health.retry_budget.percent: must be a number from 0 to 100")
+
+
+def test_panic_mode_is_a_pool_setting():
+    assert parse_health({"panic": "route"}).pool == PoolSettings(panic_mode="route")
+    with pytest.raises(ConfigError) as caught:
+        parse_health({"panic": "sometimes"})
+    assert str(caught.value).startswith('health.panic: must be one of "fail", "route"')
