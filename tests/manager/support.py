@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import random
+import sys
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -27,6 +28,11 @@ from heimdall.strategies.registry import default_registry
 from heimdall.manager.spawner import NoFreePort, PortInUse, SpawnedServer
 from heimdall.manager.supervisor import RestartPolicy
 from heimdall.manager.statefile import State, StateWriter, load_state
+
+#: Real commands for the spawner tests: one that starts in a fraction of the
+#: demo backend's time, and one that never listens.
+QUICK = (sys.executable, "-m", "http.server", "{port}", "--bind", "127.0.0.1")
+SLOW_START = (sys.executable, "-c", "import time; time.sleep(30)", "{port}")
 
 
 class FakeSpawner:

@@ -1,8 +1,9 @@
 """
 The manager API in memory: the real resource and manager over a real pool,
 with a fake spawner, a Clock and StubTreq.  Every endpoint, every error
-status, draining, supervision, persistence, access control and the
-OpenAPI document's agreement with the routes.
+status (the domain errors' mapping included), strict parsing, the token,
+and the OpenAPI document's agreement with the routes.  The domain itself
+is tested in test_servers.py, supervision in test_supervisor.py.
 """
 
 from __future__ import annotations
@@ -10,15 +11,16 @@ from __future__ import annotations
 
 import pytest
 from twisted.internet.defer import Deferred, fail
+from twisted.python.failure import Failure
 
-from heimdall.config.model import BackendConfig, ManagerConfig
+from heimdall.config.model import BackendConfig
 from heimdall.errors import ConfigError
-from heimdall.manager.api import MAX_BODY_BYTES, ROUTES, openapi_document
-from heimdall.manager.auth import check_exposure, listens_on_loopback, resolve_token
-from heimdall.pool.pool import AdminState, Health, Outcome
+from heimdall import errors
+from heimdall.manager.api import MAX_BODY_BYTES, ROUTES, error_answer, openapi_document, status_of
+from heimdall.pool.pool import AdminState
 from heimdall.manager.spawner import SpawnError
 from heimdall.manager.supervisor import RestartPolicy
-from heimdall.manager.statefile import ServerRecord, State
+from heimdall.manager.statefile import ServerRecord
 
 from tests.manager.support import Harness, LogCapture, pending, result_of
 
@@ -243,6 +245,36 @@ def test_body_over_64_kib_is_413(harness):
     assert response.json() == {"error": "request body too large", "detail": {"limit": 65536}}
 
 
+# -- the one mapping of domain errors to statuses ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    "error, status",
+    [
+        (errors.ServerNotFound("x"), 404),
+        (errors.AmbiguousServer("x"), 400),
+        (errors.InvalidChange("x"), 400),
+        (errors.ServerConflict("x"), 409),
+        (errors.NoSpawnPort("x"), 503),
+        (errors.ServerDidNotStart("x"), 502),
+        (errors.ManagerStopping("x"), 503),
+        (errors.StateNotSaved("x"), 500),
+        (errors.NotAuthenticated("x"), 401),
+        (errors.ManagerError("x"), 500),
+    ],
+)
+def test_each_domain_error_has_its_status(error, status):
+    assert status_of(error) == status
+    answer = error_answer(Failure(error))
+    assert answer.status == status
+    assert answer.payload == {"error": "x", "detail": None}
+
+
+def test_an_unauthenticated_answer_carries_the_challenge():
+    answer = error_answer(Failure(errors.NotAuthenticated("a bearer token is required")))
+    assert answer.headers == (("WWW-Authenticate", 'Bearer realm="heimdall manager"'),)
+
+
 # -- errors common to all endpoints ------------------------------------------------------
 
 
@@ -368,73 +400,6 @@ def test_update_rejects_bad_bodies(tmp_path, raw, error):
 # -- removing ------------------------------------------------------------------------------
 
 
-def test_remove_drains_then_stops_the_process(harness):
-    port = harness.request("POST", "/servers/add").json()["port"]
-    member = harness.pool.get(f"127.0.0.1:{port}")
-    lease = harness.pool.lease(member)
-    d = harness.send("DELETE", f"/servers/remove?port={port}")
-    harness.flush()
-    # Draining: no new requests, the in-flight one goes on, no answer yet.
-    assert pending(d)
-    assert member.admin is AdminState.DRAINING and harness.pool.eligible() == []
-    assert harness.spawner.stopped == []
-    harness.clock.advance(1)
-    lease.release(Outcome(status=200, ttfb=0.01, ttlb=0.02))
-    harness.clock.advance(0)
-    harness.flush()
-    response = result_of(d)
-    assert response.code == 200
-    server = response.json()
-    assert server["id"] == f"127.0.0.1:{port}" and server["pid"] is None
-    assert server["removal"] == {"drained": True, "in_flight_left": 0, "waited": 1.0, "stopped": True,
-                                 "port_free": True}
-    assert harness.spawner.stopped == [port]
-    assert harness.pool.get(member.id) is None
-    assert harness.state().servers == ()
-    # Supervision stopped before the process: the stop is no crash.
-    assert not harness.manager.supervisor.is_watched(port)
-
-
-def test_remove_gives_up_waiting_after_the_drain_timeout(tmp_path):
-    h = Harness(str(tmp_path / "s.json"), _config_backends("http://10.0.0.1:8080"), drain_timeout=3)
-    h.pool.lease(h.pool.get("10.0.0.1:8080"))
-    d = h.send("DELETE", "/servers/10.0.0.1:8080")
-    h.flush()
-    h.clock.advance(2.9)
-    h.flush()
-    assert pending(d)
-    h.clock.advance(0.1)
-    h.flush()
-    server = result_of(d).json()
-    assert server["removal"]["drained"] is False and server["removal"]["in_flight_left"] == 1
-    assert server["removal"]["stopped"] is None and server["removal"]["port_free"] is None
-
-
-def test_concurrent_removals_share_one(tmp_path):
-    h = Harness(str(tmp_path / "s.json"), _config_backends("http://10.0.0.1:8080"))
-    lease = h.pool.lease(h.pool.get("10.0.0.1:8080"))
-    first = h.send("DELETE", "/servers/remove?port=8080")
-    second = h.send("DELETE", "/servers/10.0.0.1:8080")
-    h.flush()
-    # A change to a server being removed is refused.
-    assert h.request("PATCH", "/servers/8080", body={"admin": "ready"}).code == 409
-    lease.release(Outcome(status=200))
-    h.clock.advance(0)
-    h.flush()
-    assert result_of(first).code == 200 and result_of(second).code == 200
-    assert result_of(first).json() == result_of(second).json()
-
-
-def test_removed_config_backend_stays_removed_after_restart(tmp_path):
-    path = str(tmp_path / "s.json")
-    backends = _config_backends("http://10.0.0.1:80", "http://10.0.0.2:80")
-    h = Harness(path, backends)
-    assert h.request("DELETE", "/servers/remove?id=10.0.0.1:80").code == 200
-    assert h.state().config_removed == ("10.0.0.1:80",)
-    again = Harness(path, backends, state=h.state())
-    assert [m.id for m in again.pool.members()] == ["10.0.0.2:80"]
-
-
 def test_stopping_answers_a_waiting_removal_with_503(tmp_path):
     h = Harness(str(tmp_path / "s.json"), _config_backends("http://10.0.0.1:8080"))
     h.pool.lease(h.pool.get("10.0.0.1:8080"))
@@ -449,43 +414,6 @@ def test_stopping_answers_a_waiting_removal_with_503(tmp_path):
 # -- persistence -----------------------------------------------------------------------
 
 
-def test_every_change_is_restored_from_the_state_file(tmp_path):
-    path = str(tmp_path / "s.json")
-    backends = _config_backends("http://10.0.0.1:80", "http://10.0.0.2:80", "http://10.0.0.3:80")
-    h = Harness(path, backends)
-    assert h.request("POST", "/servers/add").code == 201  # 8081, managed
-    assert h.request("POST", "/servers/add", body={"port": 8083, "weight": 4}).code == 201
-    assert h.request("POST", "/servers/add", body={"url": "http://10.0.0.9:9", "backup": True}).code == 201
-    assert h.request("PATCH", "/servers/10.0.0.1:80", body={"weight": 9}).code == 200
-    assert h.request("PATCH", "/servers/10.0.0.2:80", body={"admin": "maintenance"}).code == 200
-    assert h.request("DELETE", "/servers/10.0.0.3:80").code == 200
-    assert h.request("PATCH", "/servers/8083", body={"admin": "draining"}).code == 200
-    before = h.request("GET", "/servers/list").json()
-
-    again = Harness(path, backends, state=h.state())
-    result_of(again.start())
-    after = again.request("GET", "/servers/list").json()
-    keys = ("id", "weight", "admin", "backup", "managed", "source")
-    # Spawned servers join the pool once they run again, so after the others.
-    assert sorted(tuple(s[k] for k in keys) for s in after) == sorted(tuple(s[k] for k in keys) for s in before)
-    assert sorted(again.spawner.spawned) == [8081, 8083]  # re-spawned on their ports
-    assert all(s["health"]["status"] == "up" for s in after if s["managed"])
-
-
-def test_a_managed_server_that_cannot_be_restored_is_down_and_retried(tmp_path):
-    state = State(servers=[ServerRecord("http://127.0.0.1:8082", managed=True)])
-    h = Harness(str(tmp_path / "s.json"), state=state)
-    h.spawner.held.add(8082)
-    # Its port is reserved meanwhile: automatic placement skips it.
-    assert h.manager._taken_ports() == {8082}
-    result_of(h.start())
-    member = h.pool.get("127.0.0.1:8082")
-    assert member.health is Health.DOWN and "could not be started" in member.health_reason
-    h.spawner.held.clear()
-    h.clock.advance(1)
-    assert member.health is Health.UP and h.spawner.spawned == [8082]
-
-
 def test_a_failed_state_write_is_500_and_says_so(harness):
     def broken(path, state):
         raise OSError(28, "No space left on device")
@@ -494,80 +422,6 @@ def test_a_failed_state_write_is_500_and_says_so(harness):
     response = harness.request("POST", "/servers/add", body={"url": "http://10.0.0.5:80"})
     assert response.code == 500
     assert response.json()["error"] == "the change was applied but could not be saved to the state file"
-
-
-# -- supervision ------------------------------------------------------------------------
-
-
-def test_an_exited_server_is_down_at_once_then_restarted_with_backoff(harness):
-    port = harness.request("POST", "/servers/add").json()["port"]
-    server_id = f"127.0.0.1:{port}"
-    harness.events.clear()
-    harness.spawner.crash(port, code=3)
-    member = harness.pool.get(server_id)
-    assert member.health is Health.DOWN and member.health_reason == "process exited with status 3"
-    assert [e.kind for e in harness.events] == ["down", "all_down"]
-    shown = harness.request("GET", f"/servers/{port}").json()
-    assert shown["pid"] is None and shown["supervision"]["next_restart_at"] is not None
-    # Restarts fail twice (port taken), then work: 1 s, 2 s, 4 s apart.
-    harness.spawner.held.add(port)
-    harness.clock.advance(1)
-    harness.clock.advance(2)
-    assert member.health is Health.DOWN and "restart failed" in member.health_reason
-    harness.spawner.held.clear()
-    harness.clock.advance(3.9)
-    assert member.health is Health.DOWN
-    harness.clock.advance(0.1)
-    assert member.health is Health.UP
-    shown = harness.request("GET", f"/servers/{port}").json()
-    assert shown["restarts"] == 1 and shown["pid"] == harness.spawner.servers[port].pid
-    assert shown["supervision"]["restarts_in_a_row"] == 3
-
-
-def test_policy_never_leaves_it_down(tmp_path):
-    h = Harness(str(tmp_path / "s.json"), restart_policy=RestartPolicy(policy="never"))
-    port = h.request("POST", "/servers/add").json()["port"]
-    h.spawner.crash(port)
-    h.clock.advance(100)
-    assert h.pool.get(f"127.0.0.1:{port}").health is Health.DOWN
-    assert h.spawner.spawned == [port]
-
-
-def test_policy_on_failure_ignores_a_clean_exit(tmp_path):
-    h = Harness(str(tmp_path / "s.json"), restart_policy=RestartPolicy(policy="on-failure"))
-    port = h.request("POST", "/servers/add").json()["port"]
-    h.spawner.crash(port, code=0)
-    h.clock.advance(100)
-    assert h.spawner.spawned == [port]
-
-
-def test_gives_up_after_max_restarts(tmp_path):
-    h = Harness(str(tmp_path / "s.json"), restart_policy=RestartPolicy(backoff=1, max_restarts=2))
-    port = h.request("POST", "/servers/add").json()["port"]
-    h.spawner.crash(port)
-    h.spawner.held.add(port)
-    h.clock.advance(1)
-    h.clock.advance(2)
-    h.clock.advance(100)
-    shown = h.request("GET", f"/servers/{port}").json()
-    assert shown["supervision"]["gave_up"] is True
-    assert shown["health"]["reason"].startswith("not restarted any more")
-
-
-def test_remove_during_a_pending_restart_cancels_it(harness):
-    port = harness.request("POST", "/servers/add").json()["port"]
-    harness.spawner.crash(port)
-    assert harness.request("DELETE", f"/servers/remove?port={port}").code == 200
-    harness.clock.advance(100)
-    assert harness.spawner.spawned == [port]  # never restarted
-    assert harness.clock.getDelayedCalls() == []
-
-
-def test_stop_ends_supervision(harness):
-    port = harness.request("POST", "/servers/add").json()["port"]
-    harness.spawner.crash(port)
-    result_of(harness.manager.stop())
-    assert harness.clock.getDelayedCalls() == []
 
 
 # -- access control ------------------------------------------------------------------------
@@ -600,38 +454,6 @@ def test_changes_are_logged_with_who_made_them(tmp_path):
     with LogCapture() as log:
         open_.request("POST", "/servers/add", body={"url": "http://10.0.0.5:80"})
     assert log.changes()[0]["authenticated"] is False
-
-
-def test_resolve_token_and_exposure():
-    assert resolve_token(ManagerConfig()) is None
-    assert resolve_token(ManagerConfig(token="t")) == "t"
-    assert resolve_token(ManagerConfig(token_env="HT"), {"HT": "from-env"}) == "from-env"
-    with pytest.raises(ConfigError, match="HT is not set or is empty"):
-        resolve_token(ManagerConfig(token_env="HT"), {})
-    check_exposure(ManagerConfig(), None)
-    check_exposure(ManagerConfig(listen="tcp:9090:interface=0.0.0.0"), "t")
-    with pytest.raises(ConfigError, match="is not a loopback address"):
-        check_exposure(ManagerConfig(listen="tcp:9090:interface=0.0.0.0"), None)
-
-
-@pytest.mark.parametrize(
-    "endpoint, loopback",
-    [
-        ("tcp:9090:interface=127.0.0.1", True),
-        ("tcp:9090:interface=127.0.0.2", True),
-        ("tcp:9090:interface=localhost", True),
-        ("tcp6:9090:interface=\\:\\:1", True),
-        ("tcp:9090:127.0.0.1", True),
-        ("unix:/run/heimdall.sock", True),
-        ("tcp:9090", False),
-        ("tcp:9090:interface=0.0.0.0", False),
-        ("tcp:9090:interface=10.1.2.3", False),
-        ("tcp6:9090", False),
-        ("systemd:domain=INET:index=0", False),
-    ],
-)
-def test_listens_on_loopback(endpoint, loopback):
-    assert listens_on_loopback(endpoint) is loopback
 
 
 # -- the OpenAPI document ----------------------------------------------------------------

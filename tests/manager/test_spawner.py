@@ -31,6 +31,7 @@ from heimdall.manager.spawner import (
     SpawnError,
     is_port_free,
 )
+from tests.manager.support import SLOW_START
 
 HOST = "127.0.0.1"
 
@@ -422,3 +423,26 @@ def test_childwrap_refuses_to_start_without_its_parent():
     )
     assert result.returncode == 1
     assert b"is gone" in result.stderr
+
+
+# -- what the manager needs of the spawner (real processes, quick to start) -------------
+
+
+@pytest_twisted.inlineCallbacks
+def test_spawn_avoids_the_given_ports(spawner):
+    s = spawner()
+    server = yield s.spawn(avoid={s.base_port})
+    assert server.port == s.base_port + 1
+    assert s.has(server.port) and not s.has(s.base_port)
+
+
+@pytest_twisted.inlineCallbacks
+def test_stop_ends_a_server_that_is_still_starting(spawner, reactor):
+    s = spawner(command=SLOW_START, ready_timeout=20)
+    starting = s.spawn()
+    yield deferLater(reactor, 0.2, lambda: None)
+    assert s.has(s.base_port)
+    yield s.stop(s.base_port)
+    with pytest.raises(SpawnError, match="was stopped before it was ready"):
+        yield starting
+    assert not s.has(s.base_port)
