@@ -21,13 +21,13 @@ __version__ = "0.1.0"
 
 # public name -> module it lives in
 _EXPORTS = {
-    "AdminState": "heimdall.pool.pool",
-    "Backend": "heimdall.pool.pool",
+    "AdminState": "heimdall.pool.values",
+    "Backend": "heimdall.pool.values",
     "BackendPool": "heimdall.pool.pool",
-    "Health": "heimdall.pool.pool",
+    "Health": "heimdall.pool.values",
     "Member": "heimdall.pool.pool",
-    "Outcome": "heimdall.pool.pool",
-    "PoolEvent": "heimdall.pool.pool",
+    "Outcome": "heimdall.pool.values",
+    "PoolEvent": "heimdall.pool.values",
     "is_eligible": "heimdall.pool.pool",
     "BalancerResource": "heimdall.proxy.resource",
     "HeimdallSite": "heimdall.proxy.site",
@@ -71,7 +71,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from heimdall.embed import balancer_resource, create_strategy
     from heimdall.errors import ConfigError, NoBackendAvailable, StrategyOptionError, UnknownStrategy
     from heimdall.interfaces import IStrategy, IStrategyFactory
-    from heimdall.pool.pool import AdminState, Backend, BackendPool, Health, Member, Outcome, PoolEvent, is_eligible
+    from heimdall.pool.pool import BackendPool, Member, is_eligible
+    from heimdall.pool.values import AdminState, Backend, Health, Outcome, PoolEvent
     from heimdall.proxy.resource import BalancerResource
     from heimdall.strategies.registry import StrategyRegistry, default_registry
     from heimdall.service import HeimdallService

@@ -229,8 +229,8 @@ def build_metrics(
         spawner=spawner,
         alerts=health.alerts,
         supervisor=manager.supervisor,
+        health=health.prober,
     )
-    health.prober.check_observers.append(lambda backend_id, result: metrics.record_health_check(backend_id, result.ok))
     return metrics, detach
 
 

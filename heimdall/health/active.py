@@ -43,11 +43,15 @@ from twisted.python.failure import Failure
 from heimdall.config.health import CheckSettings, HealthConfig
 from heimdall.health.probes import ProbeOutcome, describe_failure
 from heimdall.interfaces import IHealthCheck
-from heimdall.pool.pool import Backend, BackendPool, CheckResult, Health, Member, PoolEvent
+from heimdall.pool.pool import BackendPool, Member
+from heimdall.pool.values import CheckResult, EventKind, Health, PoolEvent
 
 __all__ = ["HealthProber"]
 
 _log = Logger()
+
+#: The events after which a backend's check interval may change.
+_STATE_CHANGES = frozenset({EventKind.UP, EventKind.DOWN, EventKind.EJECTED, EventKind.RETURNED})
 
 
 # --- the prober -----------------------------------------------------------------
@@ -184,7 +188,7 @@ class _BackendProbe:
             self.successes, self.failures = 0, self.failures + 1
         result = CheckResult(started, outcome.ok, latency, outcome.detail)
         pool.record_check(member.id, result, self.successes, self.failures)
-        for observer in self.prober.check_observers:
+        for observer in self.prober._check_observers:
             try:
                 observer(member.id, result)
             except Exception:
@@ -224,11 +228,18 @@ class HealthProber:
     clock: IReactorTime
     check_factory: Callable[[CheckSettings], Optional[IHealthCheck]]
     random: _random.Random = attrs.field(factory=_random.Random)
-    #: Called with C{(backend_id, CheckResult)} after every check (metrics);
-    #: must not raise (what it raises is logged).
-    check_observers: List[Callable[[str, CheckResult], None]] = attrs.field(factory=list)
+    _check_observers: List[Callable[[str, CheckResult], None]] = attrs.field(init=False, factory=list)
     _probes: Dict[str, _BackendProbe] = attrs.field(init=False, factory=dict)
     _unsubscribe: Optional[Callable[[], None]] = attrs.field(init=False, default=None)
+
+    def subscribe_checks(self, observer: Callable[[str, CheckResult], None]) -> Callable[[], None]:
+        """
+        Call C{observer(backend_id, result)} with the L{CheckResult} of
+        every check (metrics).  It must not raise (what it raises is
+        logged).  Returns a function that unsubscribes.
+        """
+        self._check_observers.append(observer)
+        return lambda: self._check_observers.remove(observer)
 
     @property
     def running(self) -> bool:
@@ -273,15 +284,16 @@ class HealthProber:
     def _pool_event(self, event: PoolEvent) -> None:
         if event.backend_id is None:
             return
-        if event.kind == "added":
+        kind = event.kind
+        if kind is EventKind.ADDED:
             member = self.pool.get(event.backend_id)
             if member is not None and event.backend_id not in self._probes:
                 self._watch(member, runtime_addition=True)
-        elif event.kind == "removed":
+        elif kind is EventKind.REMOVED:
             probe = self._probes.pop(event.backend_id, None)
             if probe is not None:
                 probe.stop()
-        elif event.kind in ("up", "down", "ejected", "returned"):
+        elif kind in _STATE_CHANGES:
             probe = self._probes.get(event.backend_id)
             if probe is not None:
                 probe.reschedule()

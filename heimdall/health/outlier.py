@@ -45,14 +45,16 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from heimdall.config.health import OutlierConfig
-from heimdall.pool.pool import BackendPool, Member, Outcome, PoolEvent
+from heimdall.pool.pool import BackendPool, Member
+from heimdall.pool.values import BACKEND_FAILURES, EventKind, FailureKind, Outcome, PoolEvent
 
 __all__ = ["OutlierDetector"]
 
 _log = Logger()
 
-_BACKEND_FAILURES = frozenset({"connect", "reset", "timeout", "bad_response"})
-
+_RESET_BEFORE_RESPONSE = "reset before any response"
+#: The failures that say the backend does not take connections.
+_CONNECTION_FAILURES = frozenset({FailureKind.CONNECT.value, _RESET_BEFORE_RESPONSE})
 
 @attrs.define(eq=False)
 class _OutlierState:
@@ -131,17 +133,17 @@ class OutlierDetector:
                     self.pool.record_passive_failures(member.id, 0)
                 return
             kind = f"HTTP {status}"
-        elif failure in _BACKEND_FAILURES:
-            kind = failure
-            if failure == "reset" and outcome.status is None:
-                kind = "reset before any response"
+        elif failure in BACKEND_FAILURES:
+            kind = str(failure)
+            if failure == FailureKind.RESET and outcome.status is None:
+                kind = _RESET_BEFORE_RESPONSE
         else:
             return
         state = self._states.get(member.id)
         if state is None:
             state = self._states[member.id] = _OutlierState()
         state.failures += 1
-        connection = kind in ("connect", "reset before any response")
+        connection = kind in _CONNECTION_FAILURES
         state.connection_failures = state.connection_failures + 1 if connection else 0
         state.last_failure = kind
         self.pool.record_passive_failures(member.id, state.failures)
@@ -200,7 +202,7 @@ class OutlierDetector:
     def _pool_event(self, event: PoolEvent) -> None:
         if event.backend_id is None:
             return
-        if event.kind == "returned":
+        if event.kind is EventKind.RETURNED:
             state = self._states.get(event.backend_id)
             if state is not None:
                 if state.timer is not None and state.timer.active():
@@ -208,7 +210,7 @@ class OutlierDetector:
                 state.timer = None
                 state.returned_at = event.at
                 state.failures = state.connection_failures = 0
-        elif event.kind == "removed":
+        elif event.kind is EventKind.REMOVED:
             state = self._states.pop(event.backend_id, None)
             if state is not None and state.timer is not None and state.timer.active():
                 state.timer.cancel()

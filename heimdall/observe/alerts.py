@@ -58,7 +58,8 @@ from heimdall.clock import iso_timestamp
 from heimdall.health.probes import describe_failure, probe_agent
 from heimdall.config.health import AlertsConfig
 from heimdall.interfaces import IAlertSink
-from heimdall.pool.pool import BackendPool, PoolEvent
+from heimdall.pool.pool import BackendPool
+from heimdall.pool.values import EventKind, PoolEvent
 
 __all__ = [
     "AlertDispatcher",
@@ -97,12 +98,12 @@ def alert_document(event: PoolEvent, pool: Optional[BackendPool] = None, suppres
     The JSON-ready alert for C{event} (see the module docstring).
     """
     member = pool.get(event.backend_id) if pool is not None and event.backend_id else None
-    url = member.backend.url if member is not None else (event.detail if event.kind == "added" else None)
+    url = member.backend.url if member is not None else (event.detail if event.kind is EventKind.ADDED else None)
     if event.backend_id is None:
-        text = "heimdall: ALL backends are down" if event.kind == "all_down" else "heimdall: backends available again"
+        text = "heimdall: ALL backends are down" if event.kind is EventKind.ALL_DOWN else "heimdall: backends available again"
     else:
-        text = f"heimdall: backend {event.backend_id} {_PHRASES.get(event.kind, event.kind)}"
-    if event.detail and event.kind != "added":
+        text = f"heimdall: backend {event.backend_id} {_PHRASES.get(event.kind, event.kind.value)}"
+    if event.detail and event.kind is not EventKind.ADDED:
         text += f": {event.detail}"
     if suppressed:
         listed = ", ".join(f"{kind} x{count}" for kind, count in sorted(suppressed["events"].items()))
@@ -110,7 +111,7 @@ def alert_document(event: PoolEvent, pool: Optional[BackendPool] = None, suppres
     document: Dict[str, Any] = {
         "version": ALERT_VERSION,
         "source": "heimdall",
-        "event": event.kind,
+        "event": event.kind.value,
         "severity": _SEVERITY.get(event.kind, "info"),
         "backend": event.backend_id,
         "url": url,
@@ -472,7 +473,7 @@ class AlertDispatcher:
             _log.failure("logging the {kind} event failed", kind=event.kind)
         if event.kind not in self.events:
             return
-        if event.kind == "up" and event.previous == "unknown":
+        if event.kind is EventKind.UP and event.previous == "unknown":
             return  # first confirmation at start-up, not a recovery
         key = event.backend_id or "pool"
         window = self._windows.get(key)
@@ -495,7 +496,7 @@ class AlertDispatcher:
         latest = window.held[-1]
         counts: Dict[str, int] = {}
         for held in window.held[:-1]:
-            counts[held.kind] = counts.get(held.kind, 0) + 1
+            counts[held.kind.value] = counts.get(held.kind.value, 0) + 1
         summary = {"count": len(window.held) - 1, "events": counts, "since": window.opened_at} if counts else None
         self._deliver(alert_document(latest, self.pool, summary))
         # Still flapping: the next alert waits for another window.

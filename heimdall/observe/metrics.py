@@ -6,7 +6,8 @@ Wiring, in one call::
 
     metrics = Metrics(strategy_name=config.strategy.name)
     detach = metrics.attach(pool, resource, upstream, spawner=spawner,
-                            supervisor=manager.supervisor, alerts=dispatcher)
+                            supervisor=manager.supervisor, alerts=dispatcher,
+                            health=prober)
     manager_root.putChild(b"metrics", MetricsResource(metrics.registry))
 
 Design: the data path only does plain Python arithmetic on small dicts and
@@ -80,6 +81,8 @@ from prometheus_client.core import (
 from prometheus_client.exposition import choose_encoder
 from twisted.web.resource import Resource
 
+from heimdall.pool.values import EventKind, FailureKind
+
 __all__ = [
     "DURATION_BUCKETS",
     "Metrics",
@@ -106,14 +109,15 @@ _CODE_METHOD = {0: "OTHER", **{10 * (i + 1): name for i, name in enumerate(_METH
 
 #: Why the proxy retries (RequestRecord.retry_reasons); listed at 0 from the start.
 _RETRY_REASONS = ("connect", "reset", "stale", "bad_response", "5xx", "timeout")
-_FAILURE_REASONS = ("connect", "reset", "timeout", "bad_response", "client_gone", "body_too_large")
+_FAILURE_REASONS = tuple(kind.value for kind in FailureKind)
 #: A pooled connection the backend had closed while idle: not held against
 #: the backend, but worth seeing (it causes retries).
 STALE = "stale"
 
 _NONE = "none"  # the backend label of a request no backend was picked for
 
-_POOL_EVENTS = ("added", "removed", "up", "down", "ejected", "returned", "weight", "admin", "all_down", "recovered")
+_POOL_EVENTS = tuple(kind.value for kind in EventKind)
+_HEALTH_TRANSITIONS = (EventKind.UP, EventKind.DOWN)
 
 
 def _sink_channel(sink) -> str:
@@ -261,14 +265,11 @@ class Metrics:
             processes (scrape time) and exits (C{subscribe_exit}).
         @param alerts: the L{heimdall.observe.alerts.AlertDispatcher}: C{sent_total},
             C{suppressed_total} and each sink's C{delivered_total} /
-            C{failed_total}, read at scrape time; and if it has
-            C{subscribe_deliveries(callback)}, C{callback(channel, ok)} per
-            delivery.
+            C{failed_total}, read at scrape time.
         @param supervisor: the manager's L{heimdall.manager.spawner.Supervisor}:
             its events (restarts).
-        @param health: anything with C{subscribe_results(callback)} calling
-            C{callback(backend_id, ok)} once per active check (else the
-            checker may call L{record_health_check} itself).
+        @param health: the L{heimdall.health.active.HealthProber}: its
+            C{subscribe_checks}, one call per active check.
         @return: a function that undoes all of it.
         """
         if self._pool is not None:
@@ -292,15 +293,8 @@ class Metrics:
             undo.append(supervisor.subscribe(self.observe_supervision))
         if alerts is not None:
             self._alert_dispatcher = alerts
-            subscribe = getattr(alerts, "subscribe_deliveries", None)
-            if subscribe is not None:
-                unsubscribe = subscribe(self.record_alert_delivery)
-                if callable(unsubscribe):
-                    undo.append(unsubscribe)
         if health is not None:
-            unsubscribe = health.subscribe_results(self.record_health_check)
-            if callable(unsubscribe):
-                undo.append(unsubscribe)
+            undo.append(health.subscribe_checks(self.observe_check))
 
         def detach() -> None:
             while undo:
@@ -380,16 +374,23 @@ class Metrics:
         kind = event.kind
         self._pool_events[kind] = self._pool_events.get(kind, 0) + 1
         backend_id = event.backend_id
-        if kind in ("up", "down") and backend_id:
+        if (kind is EventKind.UP or kind is EventKind.DOWN) and backend_id:
             stats = self._stats.get(backend_id) or self._new_stats(backend_id)
             stats.transitions[kind] = stats.transitions.get(kind, 0) + 1
-        elif kind == "ejected" and backend_id:
+        elif kind is EventKind.EJECTED and backend_id:
             self.record_ejection(backend_id)
-        elif kind == "removed" and backend_id:
+        elif kind is EventKind.REMOVED and backend_id:
             # Bounded cardinality: a removed backend's series go with it.
             self._stats.pop(backend_id, None)
             for member in [m for m in self._member_stats if m.id == backend_id]:
                 del self._member_stats[member]
+
+    def observe_check(self, backend_id: str, result) -> None:
+        """
+        An active health check's L{CheckResult} (the prober's
+        C{subscribe_checks}).
+        """
+        self.record_health_check(backend_id, result.ok)
 
     def record_health_check(self, backend_id: str, ok: bool) -> None:
         """
@@ -504,7 +505,7 @@ class Metrics:
                 for result in ("success", "failure"):
                     checks.add_metric([backend, result], stats.checks.get(result, 0))
                 ejections.add_metric([backend], stats.ejections)
-                for to in ("up", "down"):
+                for to in _HEALTH_TRANSITIONS:
                     transitions.add_metric([backend, to], stats.transitions.get(to, 0))
         retries = CounterMetricFamily(
             "heimdall_retries", "Requests re-sent to another backend, by the reason for the retry.",

@@ -33,152 +33,23 @@ any ramp runs.  C{member.backend.weight} stays the configured weight.
 
 from __future__ import annotations
 
-import enum
 import math
 from typing import Any, Callable, Collection, Dict, List, Optional
-from urllib.parse import urlsplit
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from heimdall.pool.context import RequestContext
+from heimdall.clock import maybe_global_reactor
 from heimdall.errors import NoBackendAvailable
 from heimdall.interfaces import IInFlightAware, ILoadAware, IStrategy
+from heimdall.pool.context import RequestContext
+from heimdall.pool.values import AdminState, Backend, CheckResult, EventKind, Health, Outcome, PoolEvent
+
+__all__ = ["BackendPool", "Lease", "Member", "PANIC_MODES", "is_eligible"]
 
 _log = Logger()
-
-
-class AdminState(enum.Enum):
-    READY = "ready"
-    DRAINING = "draining"
-    MAINTENANCE = "maintenance"
-
-
-class Health(enum.Enum):
-    UNKNOWN = "unknown"
-    UP = "up"
-    DOWN = "down"
-
-
-def _check_weight(instance, attribute, value):
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0 or value > 1000:
-        raise ValueError(f"weight must be an integer from 0 to 1000, not {value!r}")
-
-
-@attrs.frozen
-class Backend:
-    """
-    A backend's identity and configuration.  Change it with C{attrs.evolve}.
-    """
-
-    scheme: str = attrs.field(validator=attrs.validators.in_(("http", "https")))
-    host: str = attrs.field(validator=attrs.validators.instance_of(str))
-    port: int = attrs.field(validator=attrs.validators.instance_of(int))
-    weight: int = attrs.field(default=1, validator=_check_weight)
-
-    @port.validator
-    def _check_port(self, attribute, value):
-        if isinstance(value, bool) or not 0 < value < 65536:
-            raise ValueError(f"port must be from 1 to 65535, not {value!r}")
-
-    @host.validator
-    def _check_host(self, attribute, value):
-        if not value:
-            raise ValueError("host must not be empty")
-
-    @classmethod
-    def from_url(cls, url: str, weight: int = 1) -> "Backend":
-        """
-        Parse C{http://host:port}.  Raises L{ValueError} with a readable
-        message for anything else (a path, a query, a user name).
-        """
-        if not isinstance(url, str):
-            raise ValueError(f"must be a URL string, not {type(url).__name__}")
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https"):
-            raise ValueError("scheme must be http or https")
-        if not parts.hostname:
-            raise ValueError("a host is required")
-        if parts.username or parts.password:
-            raise ValueError("user information is not supported")
-        if parts.path not in ("", "/") or parts.query or parts.fragment:
-            raise ValueError("must not have a path, query or fragment")
-        try:
-            port = parts.port
-        except ValueError:
-            raise ValueError("port must be a number from 1 to 65535") from None
-        if port is None:
-            port = 443 if parts.scheme == "https" else 80
-        return cls(scheme=parts.scheme, host=parts.hostname, port=port, weight=weight)
-
-    @property
-    def id(self) -> str:
-        """
-        A stable identifier: C{host:port} (IPv6 hosts in brackets).
-        """
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
-
-    @property
-    def url(self) -> str:
-        return f"{self.scheme}://{self.id}"
-
-
-@attrs.frozen
-class Outcome:
-    """
-    How one proxied request ended, as reported to the pool by the proxy.
-
-    @ivar status: the upstream status code, if a response head arrived.
-    @ivar failure: L{None} on success, else a short kind: C{"connect"},
-        C{"reset"}, C{"timeout"}, C{"bad_response"}, C{"client_gone"},
-        C{"body_too_large"}.
-    @ivar ttfb: seconds from the upstream request to the first response byte.
-    @ivar ttlb: seconds from the upstream request to the last response byte.
-    """
-
-    status: Optional[int] = None
-    failure: Optional[str] = None
-    ttfb: Optional[float] = None
-    ttlb: Optional[float] = None
-
-    @property
-    def is_backend_failure(self) -> bool:
-        """
-        Whether this outcome counts against the backend (a client that went
-        away, or a body over the limit, does not).
-        """
-        return self.failure in ("connect", "reset", "timeout", "bad_response")
-
-
-@attrs.frozen
-class CheckResult:
-    """
-    One active health check's result, as kept on the member.
-
-    @ivar at: when the check started (the clock's seconds).
-    @ivar ok: whether it passed.
-    @ivar latency: seconds from its start to its result.
-    @ivar detail: what happened, e.g. C{"HTTP 200"}, C{"connect refused"},
-        C{"timeout after 1s"}, C{"HTTP 503 not in 200-399"}.
-    """
-
-    at: float
-    ok: bool
-    latency: float
-    detail: str = ""
-
-    @property
-    def result(self) -> str:
-        """
-        C{"pass"} or C{"fail"}, for views that show a word.
-        """
-        return "pass" if self.ok else "fail"
-
-    def as_dict(self) -> Dict[str, Any]:
-        return {"at": self.at, "ok": self.ok, "latency": self.latency, "detail": self.detail}
 
 
 #: The values of L{BackendPool.panic_mode}.
@@ -308,25 +179,6 @@ def is_eligible(member: Member, *, panic: bool = False) -> bool:
     return member.health is not Health.DOWN and member.ejected_at is None
 
 
-@attrs.frozen
-class PoolEvent:
-    """
-    A change in the pool.  C{kind} is one of C{added}, C{removed}, C{up},
-    C{down}, C{ejected}, C{returned}, C{weight}, C{admin}, C{all_down},
-    C{recovered}.  C{detail} says why: the probe's detail for C{up}/C{down},
-    the passive failures for C{ejected}, the URL for C{added}, the panic
-    mode for C{all_down}.
-    """
-
-    kind: str
-    backend_id: Optional[str]
-    at: float
-    detail: str = ""
-    #: For C{up}/C{down}: the health before (C{"unknown"}, C{"up"},
-    #: C{"down"}), so that a first confirmation can be told from a recovery.
-    previous: Optional[str] = None
-
-
 @attrs.define(eq=False)
 class Lease:
     """
@@ -380,10 +232,7 @@ class BackendPool:
     _ramp_weights: tuple = attrs.field(init=False, default=())
 
     def __attrs_post_init__(self) -> None:
-        if self.clock is None:
-            from twisted.internet import reactor
-
-            self.clock = reactor
+        self.clock = maybe_global_reactor(self.clock)
         self._attach(self.strategy)
         self.strategy.rebuild([])
 
@@ -444,20 +293,20 @@ class BackendPool:
             raise KeyError(f"backend {backend.id} is already in the pool")
         member = Member(backend=backend, added_at=self.clock.seconds(), admin=admin, clock=self.clock)
         self._members[backend.id] = member
-        self._changed(PoolEvent("added", backend.id, self.clock.seconds(), backend.url))
+        self._changed(PoolEvent(EventKind.ADDED, backend.id, self.clock.seconds(), backend.url))
         return member
 
     def remove(self, backend_id: str) -> Member:
         member = self._members.pop(backend_id)
         member.removed = True
         member.slow_start_began = None
-        self._changed(PoolEvent("removed", backend_id, self.clock.seconds()))
+        self._changed(PoolEvent(EventKind.REMOVED, backend_id, self.clock.seconds()))
         return member
 
     def set_weight(self, backend_id: str, weight: int) -> Member:
         member = self._members[backend_id]
         member.backend = attrs.evolve(member.backend, weight=weight)
-        self._changed(PoolEvent("weight", backend_id, self.clock.seconds(), str(weight)))
+        self._changed(PoolEvent(EventKind.WEIGHT, backend_id, self.clock.seconds(), str(weight)))
         return member
 
     def set_admin(self, backend_id: str, admin: AdminState) -> Member:
@@ -466,7 +315,7 @@ class BackendPool:
         member.admin = admin
         if admin is AdminState.READY and not was_ready:
             self._begin_ramp(member)
-        self._changed(PoolEvent("admin", backend_id, self.clock.seconds(), admin.value))
+        self._changed(PoolEvent(EventKind.ADMIN, backend_id, self.clock.seconds(), admin.value))
         return member
 
     def set_strategy(self, strategy: IStrategy) -> None:
@@ -491,7 +340,7 @@ class BackendPool:
         if previous is Health.DOWN and health is Health.UP:
             self._begin_ramp(member)
         if health is not Health.UNKNOWN:
-            self._changed(PoolEvent(health.value, backend_id, self.clock.seconds(), reason, previous.value))
+            self._changed(PoolEvent(EventKind(health.value), backend_id, self.clock.seconds(), reason, previous.value))
         else:
             self._changed(None)
 
@@ -529,7 +378,7 @@ class BackendPool:
         member.ejected_until = until
         member.ejection_reason = reason
         member.ejections_total += 1
-        self._changed(PoolEvent("ejected", backend_id, member.ejected_at, reason))
+        self._changed(PoolEvent(EventKind.EJECTED, backend_id, member.ejected_at, reason))
         return True
 
     def uneject(self, backend_id: str, reason: str = "") -> bool:
@@ -544,7 +393,7 @@ class BackendPool:
         member.ejection_reason = ""
         member.passive_failures = 0
         self._begin_ramp(member)
-        self._changed(PoolEvent("returned", backend_id, self.clock.seconds(), reason))
+        self._changed(PoolEvent(EventKind.RETURNED, backend_id, self.clock.seconds(), reason))
         return True
 
     # -- slow start --------------------------------------------------------------
@@ -656,9 +505,9 @@ class BackendPool:
             detail = f"panic mode {self._panic_mode}"
             if self._routable:
                 detail += f": routing to all {len(self._routable)} ready backends"
-            self._emit(PoolEvent("all_down", None, self.clock.seconds(), detail))
-        elif not had_eligible and self._eligible and event is not None and event.kind != "added":
-            self._emit(PoolEvent("recovered", None, self.clock.seconds()))
+            self._emit(PoolEvent(EventKind.ALL_DOWN, None, self.clock.seconds(), detail))
+        elif not had_eligible and self._eligible and event is not None and event.kind is not EventKind.ADDED:
+            self._emit(PoolEvent(EventKind.RECOVERED, None, self.clock.seconds()))
 
     # -- the data path -------------------------------------------------------
 

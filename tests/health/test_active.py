@@ -85,7 +85,7 @@ def _run(clock, seconds, step=1 / 64):
 def test_first_result_settles_unknown_then_fall_and_rise_with_hysteresis():
     clock, pool, [member], prober, checks, events = _setup(interval=1, down_interval=1, rise=2, fall=3)
     observed = []
-    prober.check_observers.append(lambda backend_id, result: observed.append((backend_id, result.result)))
+    prober.subscribe_checks(lambda backend_id, result: observed.append((backend_id, result.result)))
     prober.start()
     check = checks[0]
     assert member.health is Health.UP  # the first check ran at once and passed
