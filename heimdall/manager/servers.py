@@ -507,7 +507,7 @@ class ServerManager:
 
     def _wait_drained(self, member: Member, timeout: float) -> Deferred:
         waiting = wait_drained(self.pool, member, timeout, self.clock)
-        # Tracked so that stop() can end it (its request then gets a 503).
+        # Tracked so that stop() can cancel it.
         self._waits.add(waiting)
         waiting.addBoth(lambda result: (self._waits.discard(waiting), result)[1])
         return waiting
@@ -667,8 +667,9 @@ class ServerManager:
 
     def stop(self) -> Deferred:
         """
-        heimdall is stopping: refuse new changes, end waits for draining
-        (their requests get 503), stop supervision, wait for pending state
+        heimdall is stopping: refuse new changes (L{ManagerStopping}),
+        cancel waits for draining (their removals fail with
+        L{CancelledError}), stop supervision, wait for pending state
         writes.  The spawner stops the processes afterwards.
         """
         self._stopping = True

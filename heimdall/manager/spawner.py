@@ -82,7 +82,8 @@ class SpawnError(HeimdallError):
 
 class NoFreePort(HeimdallError):
     """
-    Every port of the spawner's range is taken (the manager answers 503).
+    Every port of the spawner's range is taken (the manager reports it as
+    L{heimdall.errors.NoSpawnPort}).
     """
 
     def __init__(self, host: str, base_port: int, port_range: int) -> None:
