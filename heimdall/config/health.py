@@ -56,7 +56,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from heimdall.config.fields import boolean, duration, integer, one_of, validator
+from heimdall.config.fields import boolean, duration, integer, one_of, tuple_from_list, validator
 from heimdall.config.reader import build, join, read_object
 from heimdall.errors import ConfigError
 from heimdall.pool.pool import PANIC_MODES, Backend
@@ -355,10 +355,6 @@ def _check_argv(instance, attribute, value) -> None:
             raise ConfigError(f"{attribute.name}[{index}]", "must be a non-empty string")
 
 
-def _tuple(value):
-    return tuple(value) if isinstance(value, list) else value
-
-
 @attrs.frozen
 class WebhookConfig:
     """
@@ -381,7 +377,7 @@ class CommandConfig:
     killed if it runs longer than C{timeout}.
     """
 
-    command: Tuple[str, ...] = attrs.field(converter=_tuple, validator=_check_argv)
+    command: Tuple[str, ...] = attrs.field(converter=tuple_from_list, validator=_check_argv)
     timeout: float = duration(10.0)
 
 
@@ -403,9 +399,9 @@ class AlertsConfig:
     """
 
     flap_window: float = duration(60.0, allow_zero=True)
-    events: Tuple[str, ...] = attrs.field(default=_DEFAULT_ALERT_EVENTS, converter=_tuple, validator=_check_events)
-    webhooks: Tuple[WebhookConfig, ...] = attrs.field(default=(), converter=_tuple)
-    commands: Tuple[CommandConfig, ...] = attrs.field(default=(), converter=_tuple)
+    events: Tuple[str, ...] = attrs.field(default=_DEFAULT_ALERT_EVENTS, converter=tuple_from_list, validator=_check_events)
+    webhooks: Tuple[WebhookConfig, ...] = attrs.field(default=(), converter=tuple_from_list)
+    commands: Tuple[CommandConfig, ...] = attrs.field(default=(), converter=tuple_from_list)
 
 
 # --- parsing -------------------------------------------------------------------------
