@@ -124,12 +124,56 @@ class IUpstreamResponseHandler(Interface):
         """
         The exchange failed.
 
-        @param kind: C{"reset"} (the connection closed or broke) or
-            C{"bad_response"} (a framing or syntax error; the connection is
-            already closed).
+        @param kind: a L{heimdall.pool.values.FailureKind}: C{RESET} (the
+            connection closed or broke) or C{BAD_RESPONSE} (a framing or
+            syntax error; the connection is already closed).
         @param detail: a human-readable description (str).
         @param response_started: whether any byte of the response had
             arrived, i.e. whether the backend provably processed the request.
+        """
+
+
+class IClientExchange(Interface):
+    """
+    What a L{heimdall.proxy.site.HeimdallRequest} needs from the exchange
+    that serves it (L{heimdall.proxy.exchange.ProxyExchange}): the request
+    reports, without a C{notifyFinish()} Deferred per request, the two
+    client-side events the exchange must react to.  The exchange sets
+    itself as C{request.exchange} and clears it when it is done.
+    """
+
+    def client_lost(reason):
+        """
+        The client connection closed before the response finished: abort
+        the upstream side and release what the exchange holds.
+
+        @param reason: the L{Failure} of the connection loss.
+        """
+
+    def body_too_large():
+        """
+        The client's streamed request body went over the body size limit:
+        answer 413 if no response head was sent yet, else abort the client.
+        """
+
+
+class IRequestBodyConsumer(Interface):
+    """
+    Where a L{heimdall.proxy.body.RequestBody} sends the client's body (an
+    upstream connection).  The body registers itself as a push producer
+    with C{transport}, so that a slow backend pauses the client.
+    """
+
+    transport = Attribute("The consumer's ITransport, or None (then no flow control).")
+
+    def write_body(data):
+        """
+        Send C{data} (bytes, de-chunked) as the next part of the body.
+        """
+
+    def end_body():
+        """
+        The body is complete (for a chunked body: send the last chunk).
         """
 
 

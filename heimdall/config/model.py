@@ -73,6 +73,7 @@ from heimdall.config.health import AlertsConfig, HealthConfig, parse_alerts, par
 from heimdall.config.reader import FROM_JSON, entries, join, json_type, loads, structure, suggestion
 from heimdall.errors import ConfigError, UnknownStrategy
 from heimdall.pool.pool import Backend
+from heimdall.proxy.retry_budget import RETRY_ON_CHOICES as RETRY_ON
 
 __all__ = [
     "DURATION_PROBLEM",
@@ -111,9 +112,6 @@ def _check_command(instance, attribute, value) -> None:
             raise ConfigError(f"{attribute.name}[{index}]", "must be a string")
     if not any("{port}" in argument for argument in value):
         raise ConfigError(attribute.name, 'must contain "{port}" in at least one argument')
-
-
-RETRY_ON = ("5xx", "timeout")
 
 
 def _check_retry_on(instance, attribute, value) -> None:

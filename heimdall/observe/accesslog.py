@@ -128,7 +128,7 @@ class AccessLog:
     def observe(self, record) -> None:
         """
         A request observer for L{heimdall.proxy.resource.BalancerResource}: logs a
-        L{heimdall.proxy.resource.RequestRecord}.
+        L{heimdall.proxy.exchange.RequestRecord}.
         """
         self._logger.info(
             "access",

@@ -321,7 +321,7 @@ class Metrics:
 
     def observe_request(self, record) -> None:
         """
-        A L{heimdall.proxy.resource.RequestRecord}: one client request ended.
+        A L{heimdall.proxy.exchange.RequestRecord}: one client request ended.
         """
         backend = record.backend
         stats = self._stats.get(backend if backend is not None else _NONE)

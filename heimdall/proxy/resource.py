@@ -1,6 +1,7 @@
 """
-L{BalancerResource}: the reverse proxy resource, and L{ProxyExchange}: one
-client request's trip to a backend and back.
+L{BalancerResource}: the reverse proxy resource; each request is served by
+a L{heimdall.proxy.exchange.ProxyExchange}, one client request's trip to a
+backend and back.
 
 The flow of one request::
 
@@ -27,28 +28,23 @@ the client sees a truncated response rather than a complete-looking one.
 
 from __future__ import annotations
 
-import json
-import os
 import warnings
+from typing import Any, Optional, Sequence
 
 import attrs
-from typing import Optional, Sequence
-
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
-from twisted.web.http import datetimeToString
-from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
-from zope.interface import implementer
 
-from heimdall.pool.context import RequestContext
-from heimdall.errors import NoBackendAvailable
-from heimdall.proxy.headers import HOP_BY_HOP, connection_tokens, upstream_request_headers
-from heimdall.interfaces import IResponseObserver, IUpstreamResponseHandler
-from heimdall.pool.pool import BackendPool, Outcome
-from heimdall.proxy.site import HeimdallRequest, RequestBody
+from heimdall.clock import maybe_global_reactor
+from heimdall.config.model import Config, LimitsConfig, TimeoutsConfig
+from heimdall.pool.pool import BackendPool
+from heimdall.pool.values import EventKind
+from heimdall.proxy.exchange import ProxyExchange, RequestRecord
+from heimdall.proxy.retry_budget import RETRY_ON_CHOICES
 from heimdall.proxy.upstream import UpstreamPool
+
+__all__ = ["BalancerResource", "ProxyExchange", "RequestRecord"]
 
 with warnings.catch_warnings():
     # twisted.web.proxy imports the deprecated HTTPClient; we use none of it
@@ -56,21 +52,10 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     from twisted.web.proxy import ReverseProxyResource
 
-_log = Logger()
-
-# RFC 9110 9.2.2.  Only these may be replayed after the request was sent.
-IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
-RETRY_ON_CHOICES = frozenset({"5xx", "timeout"})
-# Retries that cost the backends nothing, so the retry budget does not
-# count them: the request never reached a backend's application.
-_FREE_RETRIES = frozenset({"connect", "stale"})
-
-_REASONS = {
-    413: b"Content Too Large",
-    502: b"Bad Gateway",
-    503: b"Service Unavailable",
-    504: b"Gateway Timeout",
-}
+# The defaults are the config's.
+_LIMITS = LimitsConfig()
+_TIMEOUTS = TimeoutsConfig()
+_RETRIES = attrs.fields(Config).retries.default
 
 
 class BalancerResource(ReverseProxyResource):
@@ -92,9 +77,10 @@ class BalancerResource(ReverseProxyResource):
         upstream: Optional[UpstreamPool] = None,
         *,
         clock: Optional[IReactorTime] = None,
-        retries: int = 2,
-        response_timeout: float = 60.0,
-        max_body_bytes: int = 0,
+        reactor: Any = None,
+        retries: int = _RETRIES,
+        response_timeout: float = _TIMEOUTS.response,
+        max_body_bytes: int = _LIMITS.max_body_bytes,
         trusted_proxies: Sequence = (),
         path_prefix: bytes = b"",
         access_log=None,
@@ -102,18 +88,24 @@ class BalancerResource(ReverseProxyResource):
         retry_on: Sequence[str] = (),
         retry_budget=None,
     ) -> None:
-        if clock is None:
-            from twisted.internet import reactor as clock  # type: ignore[no-redef]
+        """
+        @param clock: times requests (the global reactor by default).
+        @param reactor: connects to the backends when no C{upstream} is
+            given (by default the C{clock}, which is then the reactor).
+        """
         Resource.__init__(self)
-        # ReverseProxyResource's own attributes, for code that reads them.
-        self.host, self.port, self.path, self.reactor = "", 0, path_prefix, clock
+        self.clock = maybe_global_reactor(clock)
+        # ReverseProxyResource's own attributes, for code that reads them
+        # (its reactor is the upstream pool's: a property).
+        self.host, self.port, self.path = "", 0, path_prefix
         self.pool = pool
-        self.upstream = upstream if upstream is not None else UpstreamPool(reactor=clock)
-        self.clock = clock
+        if upstream is None:
+            upstream = UpstreamPool(reactor=reactor if reactor is not None else self.clock)
+        self.upstream = upstream
         self.retries = retries
         # Opt-in retries of answered requests, for idempotent methods only:
         # "5xx" (a 5xx response head) and "timeout" (no head in time).
-        unknown = set(retry_on) - RETRY_ON_CHOICES
+        unknown = set(retry_on) - set(RETRY_ON_CHOICES)
         if unknown:
             raise ValueError(f"unknown retry_on value(s): {', '.join(sorted(unknown))}")
         self.retry_on = frozenset(retry_on)
@@ -132,8 +124,15 @@ class BalancerResource(ReverseProxyResource):
         # A removed backend's connections must never be reused.
         pool.subscribe(self._pool_changed)
 
+    @property
+    def reactor(self) -> Any:
+        """
+        What connects to the backends: the upstream pool's reactor.
+        """
+        return self.upstream.reactor
+
     def _pool_changed(self, event) -> None:
-        if event.kind == "removed" and event.backend_id:
+        if event.kind is EventKind.REMOVED and event.backend_id:
             self.upstream.forget(event.backend_id)
 
     def getChild(self, path, request):
@@ -142,473 +141,3 @@ class BalancerResource(ReverseProxyResource):
     def render(self, request):
         ProxyExchange(self, request).start()
         return NOT_DONE_YET
-
-
-@attrs.frozen
-class RequestRecord:
-    """
-    How one client request went, for the access log and metrics.
-
-    @ivar status: the status the client got (499: the client went away
-        before an answer).
-    @ivar backend: the id of the last backend tried, if any.
-    @ivar upstream_time: seconds from the last upstream request being sent
-        to its end; L{None} if none was sent.
-    @ivar total_time: seconds from the request reaching heimdall to its end.
-    @ivar attempts: how many backends were tried (retries are attempts - 1).
-    @ivar ttfb: seconds to the upstream response head, if one came.
-    @ivar retry_reasons: why each retry was made: C{connect}, C{reset},
-        C{stale}, C{bad_response}, C{5xx}, C{timeout}.
-    """
-
-    client: Optional[str]
-    method: bytes
-    path: bytes
-    status: int
-    backend: Optional[str]
-    upstream_time: Optional[float]
-    total_time: float
-    bytes_in: int
-    bytes_out: int
-    attempts: int
-    ttfb: Optional[float] = None
-    retry_reasons: tuple = ()
-    request_id: Optional[str] = None
-
-
-_REQUEST_ID_CHARS = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
-
-
-def _request_id(incoming: Optional[bytes]) -> tuple:
-    """
-    C{(id, generated)}: the client's X-Request-ID if it is 1-128 characters
-    of letters, digits and C{-_.:} (anything else could smuggle text into
-    logs), else a new random 128-bit hex id.
-    """
-    if incoming and len(incoming) <= 128 and not set(incoming) - _REQUEST_ID_CHARS:
-        return incoming, False
-    return os.urandom(16).hex().encode("ascii"), True
-
-
-def _upstream_target(request, prefix: bytes) -> tuple:
-    """
-    The path (raw, as the client sent it, minus the mount point) and query
-    to send upstream.
-    """
-    uri = request.uri
-    path, _, query = uri.partition(b"?")
-    if not path.startswith(b"/"):
-        # Absolute-form (http://host/path) from a client talking to us as
-        # a forward proxy: keep only the path.
-        after_scheme = path.split(b"://", 1)[-1]
-        slash = after_scheme.find(b"/")
-        path = after_scheme[slash:] if slash >= 0 else b"/"
-    consumed = len(request.prepath)
-    if consumed:
-        segments = path.split(b"/")
-        path = b"/" + b"/".join(segments[1 + consumed :])
-    if prefix:
-        path = prefix + path
-    return path, query
-
-
-try:
-    from twisted.web.http_headers import _nameEncoder
-
-    _canonical_name = _nameEncoder.encode
-except ImportError:  # pragma: no cover - a future Twisted without it
-    def _canonical_name(name: bytes) -> bytes:
-        return b"-".join(part.capitalize() for part in name.split(b"-"))
-
-
-def response_headers(headers) -> Headers:
-    """
-    The client-side L{Headers} for an upstream response head: hop-by-hop
-    headers (and those named in Connection) removed, order and repeats
-    kept, and a Date added if the backend sent none (RFC 9110 6.6.1).
-
-    Values are stored without Twisted's per-value sanitising: the upstream
-    parser already refused any head with a bare CR or LF, and this runs
-    for every response.
-    """
-    named = None
-    result: dict = {}
-    for name, value in headers:
-        lower = name.lower()
-        if lower in HOP_BY_HOP:
-            if lower == b"connection":
-                named = connection_tokens([value]) | (named or frozenset())
-            continue
-        canonical = _canonical_name(name)
-        values = result.get(canonical)
-        if values is None:
-            result[canonical] = [value]
-        else:
-            values.append(value)
-    if named:
-        for canonical in [c for c in result if c.lower() in named]:
-            del result[canonical]
-    if b"Date" not in result:
-        result[b"Date"] = [datetimeToString()]
-    out = Headers()
-    out._rawHeaders = result
-    return out
-
-
-@implementer(IUpstreamResponseHandler)
-class ProxyExchange:
-    """
-    One client request's round trip.  It owns the lease and the upstream
-    connection for the current attempt and releases both exactly once.
-    """
-
-    def __init__(self, resource: BalancerResource, request) -> None:
-        self.resource = resource
-        self.request = request
-        self.clock = resource.clock
-        self.started_at = self.clock.seconds()
-        self.attempts = 0
-        self.avoid: list = []
-        self.member = None
-        self.lease = None
-        self.conn = None
-        self.sent_at: Optional[float] = None
-        self.ttfb: Optional[float] = None
-        self.status: Optional[int] = None
-        self.bytes_out = 0
-        self.client_gone = False
-        self.done = False
-        self.body: Optional[RequestBody] = None
-        self.retry_reasons: list = []
-        self.budgeted_retries = 0
-        # (id, generated): taken from the client's X-Request-ID when it is
-        # sane, else generated; forwarded upstream and returned.
-        self.request_id = None
-
-    # -- start -------------------------------------------------------------
-
-    def start(self) -> None:
-        request = self.request
-        resource = self.resource
-        budget = resource.retry_budget
-        if budget is not None:
-            budget.request_started()
-        if isinstance(request, HeimdallRequest):
-            # Tells us of a lost client and of a body over the limit,
-            # without a notifyFinish() Deferred per request.
-            request.exchange = self
-            self.body = request.body
-        else:
-            request.notifyFinish().addErrback(self._client_lost)
-            # A plain twisted.web Site read the whole body already.
-            length = request.getHeader(b"content-length")
-            chunked = request.getHeader(b"transfer-encoding")
-            limit = resource.max_body_bytes
-            if length is not None or chunked is not None:
-                size = request.content.seek(0, 2)
-                if limit and size > limit:
-                    self._respond_error(413, "request body too large")
-                    return
-                self.body = RequestBody.from_content(request.content)
-        path, query = _upstream_target(request, resource.path_prefix)
-        self.target = path + b"?" + query if query else path
-        self.context = RequestContext.from_request(request, path, query)
-        self.host = request.getHeader(b"host")
-        self.headers = upstream_request_headers(
-            request.requestHeaders.getAllRawHeaders(),
-            self.context.client_address,
-            self.context.secure,
-            request.clientproto,
-            resource.trusted_proxies,
-        )
-        self.request_id = _request_id(request.getHeader(b"x-request-id"))
-        if self.request_id is not None and self.request_id[1]:
-            self.headers.append((b"X-Request-ID", self.request_id[0]))
-        self._attempt()
-
-    def _attempt(self) -> None:
-        pool = self.resource.pool
-        try:
-            member = pool.pick(self.context, self.avoid)
-        except NoBackendAvailable:
-            self._respond_error(503, "no backend available")
-            return
-        self.member = member
-        self.lease = pool.lease(member)
-        self.attempts += 1
-        upstream = self.resource.upstream
-        conn = upstream.take_idle(member.backend)
-        if conn is not None:
-            self._connected(conn)
-        else:
-            upstream.connect(member.backend).addCallbacks(self._connected, self._connect_failed)
-
-    def _retry(self, reason: str) -> bool:
-        """
-        Start another attempt if the retry limit and the retry budget allow;
-        whether it did.  The caller has released the failed attempt.
-        """
-        if self.attempts > self.resource.retries:
-            return False
-        budget = self.resource.retry_budget
-        if budget is not None and reason not in _FREE_RETRIES:
-            if not budget.can_retry():
-                _log.info("retry budget exhausted; not retrying after {reason}", reason=reason)
-                return False
-            budget.retry_started()
-            self.budgeted_retries += 1
-        self.retry_reasons.append(reason)
-        self._attempt()
-        return True
-
-    def _replayable_after_answer(self) -> bool:
-        """
-        Whether a request a backend answered (or may have processed) may go
-        to another: idempotent, and no body byte already sent.
-        """
-        return self.request.method in IDEMPOTENT_METHODS and (
-            self.body is None or self.body.replayable
-        )
-
-    def _connect_failed(self, failure) -> None:
-        self.lease.release(Outcome(failure="connect" if not self.client_gone else "client_gone"))
-        if self.client_gone:
-            return
-        _log.info(
-            "connect to {backend} failed: {reason}",
-            backend=self.member.id,
-            reason=failure.getErrorMessage(),
-        )
-        self.avoid.append(self.member)
-        if not self._retry("connect"):
-            self._respond_error(502, "could not connect to a backend")
-
-    def _connected(self, conn) -> None:
-        if self.client_gone:
-            self.resource.upstream.release(conn)  # fresh and unused
-            self.lease.release(Outcome(failure="client_gone"))
-            return
-        self.conn = conn
-        request = self.request
-        body = self.body
-        if body is None:
-            body_length = None
-        else:
-            body_length = body.length if body.length is not None else -1
-        self.sent_at = self.clock.seconds()
-        conn.send_request(request.method, self.target, self.host, self.headers, body_length, self)
-        if body is None:
-            self._request_sent()
-        else:
-            body.attach(conn, self._request_sent)
-
-    def _request_sent(self) -> None:
-        if self.conn is not None and self.status is None:
-            self.conn.set_deadline(self.resource.response_timeout)
-
-    # -- IUpstreamResponseHandler ---------------------------------------------
-
-    def head_received(self, status, reason, headers, content_length) -> None:
-        now = self.clock.seconds()
-        self.ttfb = now - self.sent_at
-        if status >= 500 and "5xx" in self.resource.retry_on and self._replayable_after_answer():
-            if self._retry_answered(status):
-                return
-        self.status = status
-        request = self.request
-        request.setResponseCode(status, reason)
-        request.responseHeaders = response_headers(headers)
-        if self.request_id is not None:
-            request.responseHeaders._rawHeaders[b"X-Request-Id"] = [self.request_id[0]]
-        strategy = self.resource.pool.strategy
-        if IResponseObserver.providedBy(strategy):
-            strategy.response_started(self.context, self.member, request)
-        request.registerProducer(self.conn, True)
-        # Forward the head now, not with the first body bytes: a streaming
-        # response (server-sent events, long polls) must not wait.
-        request.write(b"")
-
-    def _retry_answered(self, status: int) -> bool:
-        """
-        Drop a 5xx answer (its connection, unread body and all) and try
-        another backend, if allowed.
-        """
-        if self.attempts > self.resource.retries:
-            return False
-        budget = self.resource.retry_budget
-        if budget is not None and not budget.can_retry():
-            return False
-        conn, self.conn = self.conn, None
-        conn.abort()
-        if self.body is not None:
-            self.body.detach()
-        self.lease.release(Outcome(status=status, ttfb=self.ttfb))
-        self.avoid.append(self.member)
-        return self._retry("5xx")
-
-    def body_received(self, data: bytes) -> None:
-        self.bytes_out += len(data)
-        self.request.write(data)
-
-    def response_finished(self) -> None:
-        conn, self.conn = self.conn, None
-        request = self.request
-        request.unregisterProducer()
-        ttlb = self.clock.seconds() - self.sent_at
-        if self.body is not None:
-            self.body.detach()
-        self.resource.upstream.release(conn)
-        self.lease.release(Outcome(status=self.status, ttfb=self.ttfb, ttlb=ttlb))
-        self._finish(self.status)
-
-    def response_failed(self, kind: str, detail: str, response_started: bool) -> None:
-        conn, self.conn = self.conn, None
-        if conn is not None:
-            conn.abort()
-        if self.body is not None:
-            self.body.detach()
-        if self.client_gone:
-            return
-        if self.status is not None:
-            # Head already forwarded: the client must see a broken response.
-            self.lease.release(Outcome(status=self.status, failure=kind, ttfb=self.ttfb))
-            _log.info(
-                "response from {backend} broke after the head: {detail}",
-                backend=self.member.id,
-                detail=detail,
-            )
-            self._abort_client()
-            return
-        stale = conn is not None and conn.reused and not response_started
-        # A reused connection that the backend had closed is not a backend
-        # failure, just the keep-alive race.
-        self.lease.release(Outcome(failure=None if stale else kind))
-        replayable = (
-            not response_started
-            and self.request.method in IDEMPOTENT_METHODS
-            and (self.body is None or self.body.replayable)
-        )
-        if replayable:
-            if not stale:
-                self.avoid.append(self.member)
-            if self._retry("stale" if stale else kind):
-                return
-        _log.info(
-            "{kind} from {backend}: {detail}", kind=kind, backend=self.member.id, detail=detail
-        )
-        self._respond_error(502, "bad response from backend" if kind == "bad_response" else "backend connection failed")
-
-    # -- timeouts, limits and the client going away --------------------------------
-
-    def response_timed_out(self) -> None:
-        self.conn = None  # already aborted
-        if self.body is not None:
-            self.body.detach()
-        self.lease.release(Outcome(failure="timeout"))
-        if "timeout" in self.resource.retry_on and self._replayable_after_answer():
-            self.avoid.append(self.member)
-            if self._retry("timeout"):
-                return
-        self._respond_error(504, "backend did not answer in time")
-
-    def body_too_large(self) -> None:
-        """
-        The client's streamed body went over the limit.
-        """
-        conn, self.conn = self.conn, None
-        if conn is not None:
-            conn.abort()  # the backend must not take a truncated body as whole
-        if self.lease is not None and not self.lease.released:
-            self.lease.release(Outcome(failure="body_too_large"))
-        if self.status is None:
-            self._respond_error(413, "request body too large")
-        else:
-            self._abort_client()
-
-    def _client_lost(self, failure) -> None:
-        self.client_gone = True
-        conn, self.conn = self.conn, None
-        if conn is not None:
-            conn.abort()
-        if self.body is not None:
-            self.body.detach()
-        if self.lease is not None and not self.lease.released and conn is not None:
-            self.lease.release(Outcome(status=self.status, failure="client_gone"))
-        if not self.done:
-            self.done = True
-            self._log_access(self.status or 499)
-
-    # -- answering -------------------------------------------------------------------
-
-    def _respond_error(self, code: int, message: str) -> None:
-        if self.client_gone or self.done:
-            return
-        request = self.request
-        if request.startedWriting:
-            self._abort_client()
-            return
-        body = json.dumps({"error": message, "status": code}).encode() + b"\n"
-        request.setResponseCode(code, _REASONS.get(code))
-        request.responseHeaders = Headers({b"Date": [datetimeToString(self.clock.seconds())]})
-        if self.request_id is not None:
-            request.responseHeaders.setRawHeaders(b"X-Request-ID", [self.request_id[0]])
-        request.responseHeaders.setRawHeaders(b"Content-Type", [b"application/json"])
-        request.responseHeaders.setRawHeaders(b"Content-Length", [b"%d" % len(body)])
-        request.write(body)
-        self._finish(code)
-
-    def _finish(self, code: int) -> None:
-        if self.client_gone or self.done:
-            return
-        self.done = True
-        request = self.request
-        request.finish()
-        # Break the request <-> exchange cycle so refcounting frees both.
-        request.exchange = None
-        self._log_access(code)
-
-    def _abort_client(self) -> None:
-        if self.done:
-            return
-        self.done = True
-        request = self.request
-        if request.producer is not None:
-            request.unregisterProducer()
-        request.channel.transport.abortConnection()
-        self._log_access(self.status or 502)
-
-    def _log_access(self, status: int) -> None:
-        """
-        The exchange ended (called once): give back retry-budget slots and
-        tell the request observers.
-        """
-        budget = self.resource.retry_budget
-        if budget is not None:
-            budget.request_finished()
-            for _ in range(self.budgeted_retries):
-                budget.retry_finished()
-        observers = self.resource.request_observers
-        if not observers:
-            return
-        now = self.clock.seconds()
-        context = getattr(self, "context", None)
-        record = RequestRecord(
-            client=context.client_address if context is not None else None,
-            method=self.request.method,
-            path=self.request.uri,
-            status=status,
-            backend=self.member.id if self.member is not None else None,
-            upstream_time=(now - self.sent_at) if self.sent_at is not None else None,
-            total_time=now - self.started_at,
-            bytes_in=self.body.received if self.body is not None else 0,
-            bytes_out=self.bytes_out,
-            attempts=self.attempts,
-            ttfb=self.ttfb,
-            retry_reasons=tuple(self.retry_reasons),
-            request_id=self.request_id[0].decode("ascii") if self.request_id is not None else None,
-        )
-        for observer in observers:
-            try:
-                observer(record)
-            except Exception:
-                _log.failure("request observer {observer!r} failed", observer=observer)

@@ -32,7 +32,12 @@ from typing import Callable, Optional
 import attrs
 from twisted.internet.interfaces import IReactorTime
 
-__all__ = ["RetryBudget"]
+__all__ = ["RETRY_ON_CHOICES", "RetryBudget"]
+
+#: The opt-in retries of answered requests (C{retry_on}, idempotent
+#: methods only): C{"5xx"}, a 5xx response head; C{"timeout"}, no head in
+#: time.  The config's C{retry_on} accepts these.
+RETRY_ON_CHOICES = ("5xx", "timeout")
 
 
 def _ratio(instance, attribute, value) -> None:

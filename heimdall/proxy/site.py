@@ -9,8 +9,9 @@ C{render()}, and answers 400 (or just closes) for oversized heads.  Here:
     than C{max_header_bytes} gets 431, and a client that has not sent a
     complete head within C{header_timeout} gets 408; all three close;
   - a request with a body is dispatched to its resource as soon as its
-    head is complete, and the body arrives through L{RequestBody} as the
-    client sends it (so a proxy can stream it upstream);
+    head is complete, and the body arrives through a
+    L{heimdall.proxy.body.RequestBody} as the client sends it (so a proxy
+    can stream it upstream);
   - a body over C{max_body_bytes} gets 413, from Content-Length before
     any of it is read, or while streaming.
 
@@ -25,17 +26,20 @@ C{Site}, where the balancer works too (buffering bodies).
 from __future__ import annotations
 
 from io import BytesIO
-from typing import Callable, List, Optional
+from typing import Optional
 
-from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.http import unquote
-from zope.interface import implementer
 
-# Buffered body bytes (before an upstream connection is attached) above
-# which the client is paused.
-BODY_HIGH_WATER = 256 * 1024
+from heimdall.config.model import LimitsConfig, TimeoutsConfig
+from heimdall.proxy.body import RequestBody
+
+__all__ = ["HeimdallChannel", "HeimdallRequest", "HeimdallSite", "RequestBody"]
+
+# The defaults of every limit and timeout are the config's.
+_LIMITS = LimitsConfig()
+_TIMEOUTS = TimeoutsConfig()
 
 _REASONS = {
     408: b"Request Timeout",
@@ -56,129 +60,6 @@ def _plain_response(code: int, message: bytes) -> bytes:
             body,
         ]
     )
-
-
-@implementer(IPushProducer)
-class RequestBody:
-    """
-    The body of one client request, as it arrives.
-
-    Until a consumer is attached (an upstream connection, with
-    C{write_body(data)} and C{end_body()}), arriving bytes are buffered and
-    the client is paused above L{BODY_HIGH_WATER}.  Once attached, bytes go
-    straight through, and the consumer's transport pauses the client when
-    it cannot keep up.  L{replayable} says whether no byte has been handed
-    to any consumer yet, i.e. whether the request may be sent elsewhere.
-    """
-
-    def __init__(self, length: Optional[int], client_transport=None) -> None:
-        self.length = length  # None: chunked, length unknown
-        self.received = 0
-        self.complete = False
-        self.replayable = True
-        self._chunks: List[bytes] = []
-        self._buffered = 0
-        self._consumer = None
-        self._consumer_transport = None
-        self._on_sent: Optional[Callable[[], None]] = None
-        self._client_transport = client_transport
-        self._client_paused = False
-
-    @classmethod
-    def from_content(cls, content) -> "RequestBody":
-        """
-        A complete body from a file-like C{request.content} (a request that a
-        plain C{Site} already read in full).
-        """
-        body = cls(None)
-        content.seek(0, 0)
-        while True:
-            data = content.read(65536)
-            if not data:
-                break
-            body.feed(data)
-        body.length = body.received
-        body.finish()
-        return body
-
-    # -- from the client side -----------------------------------------------
-
-    def feed(self, data: bytes) -> None:
-        self.received += len(data)
-        if self._consumer is not None:
-            self._consumer.write_body(data)
-            return
-        self._chunks.append(data)
-        self._buffered += len(data)
-        if self._buffered > BODY_HIGH_WATER:
-            self.pauseProducing()
-
-    def finish(self) -> None:
-        self.complete = True
-        if self._consumer is not None:
-            self._consumer.end_body()
-            self._sent()
-
-    # -- to the upstream side -----------------------------------------------------
-
-    def attach(self, consumer, on_sent: Callable[[], None]) -> None:
-        """
-        Send the body to C{consumer}; C{on_sent()} is called once the whole
-        body has been handed over (at once if it already is).
-        """
-        self._consumer = consumer
-        self._on_sent = on_sent
-        chunks, self._chunks, self._buffered = self._chunks, [], 0
-        if chunks or self.received:
-            self.replayable = False
-        for data in chunks:
-            consumer.write_body(data)
-        if self.complete:
-            consumer.end_body()
-            self._sent()
-            return
-        self.replayable = False  # from now on bytes go straight upstream
-        transport = getattr(consumer, "transport", None)
-        if transport is not None:
-            self._consumer_transport = transport
-            transport.registerProducer(self, True)
-        self.resumeProducing()
-
-    def detach(self) -> None:
-        """
-        Stop sending to the consumer (the exchange ended or failed).
-        """
-        self._unregister()
-        self._consumer = None
-        self._on_sent = None
-        self.resumeProducing()
-
-    def _sent(self) -> None:
-        self._unregister()
-        on_sent, self._on_sent = self._on_sent, None
-        self.resumeProducing()
-        if on_sent is not None:
-            on_sent()
-
-    def _unregister(self) -> None:
-        transport, self._consumer_transport = self._consumer_transport, None
-        if transport is not None and not getattr(transport, "disconnected", False):
-            transport.unregisterProducer()
-
-    # -- IPushProducer: the upstream transport pauses the client through us ----
-
-    def pauseProducing(self) -> None:
-        if not self._client_paused and self._client_transport is not None:
-            self._client_paused = True
-            self._client_transport.pauseProducing()
-
-    def resumeProducing(self) -> None:
-        if self._client_paused:
-            self._client_paused = False
-            self._client_transport.resumeProducing()
-
-    def stopProducing(self) -> None:
-        self.detach()
 
 
 class HeimdallRequest(server.Request):
@@ -215,7 +96,7 @@ class HeimdallRequest(server.Request):
         self.body.feed(data)
 
     def _body_too_large(self) -> None:
-        exchange = getattr(self, "exchange", None)
+        exchange = self.exchange
         if exchange is not None:
             exchange.body_too_large()
         elif not self.startedWriting and not self.finished:
@@ -238,6 +119,7 @@ class HeimdallRequest(server.Request):
             return
         server.Request.requestReceived(self, command, path, version)
 
+    #: The L{IClientExchange} serving this request, while it does.
     exchange = None
 
     def process(self) -> None:
@@ -262,7 +144,7 @@ class HeimdallRequest(server.Request):
         super().connectionLost(reason)
         exchange = self.exchange
         if exchange is not None and not self.finished:
-            exchange._client_lost(reason)
+            exchange.client_lost(reason)
 
     def finish(self) -> None:
         if self.body is not None and not self.body.complete:
@@ -279,10 +161,10 @@ class HeimdallChannel(http.HTTPChannel):
     settings come from the L{HeimdallSite} (C{self.site}).
     """
 
-    max_uri_bytes = 8192
-    max_header_bytes = 32768
-    max_body_bytes = 100 * 1024 * 1024
-    header_timeout = 10.0
+    max_uri_bytes = _LIMITS.max_uri_bytes
+    max_header_bytes = _LIMITS.max_header_bytes
+    max_body_bytes = _LIMITS.max_body_bytes
+    header_timeout = _TIMEOUTS.client_header
 
     _in_head = False
     _head_bytes = 0
@@ -447,6 +329,10 @@ class HeimdallSite(server.Site):
     """
     The proxy's site.  Twisted's per-request access log is off (heimdall
     writes its own); form bodies are never parsed.
+
+    The limits and timeouts come from C{limits} and C{timeouts} (the
+    config's values; their defaults are the config's defaults); a keyword
+    such as C{max_body_bytes=1000} overrides one of them.
     """
 
     protocol = HeimdallChannel
@@ -457,20 +343,25 @@ class HeimdallSite(server.Site):
         self,
         resource,
         *,
-        max_uri_bytes: int = 8192,
-        max_header_bytes: int = 32768,
-        max_body_bytes: int = 100 * 1024 * 1024,
-        header_timeout: float = 10.0,
-        idle_timeout: float = 75.0,
+        limits: LimitsConfig = _LIMITS,
+        timeouts: TimeoutsConfig = _TIMEOUTS,
+        max_uri_bytes: Optional[int] = None,
+        max_header_bytes: Optional[int] = None,
+        max_body_bytes: Optional[int] = None,
+        header_timeout: Optional[float] = None,
+        idle_timeout: Optional[float] = None,
         reactor=None,
     ) -> None:
         super().__init__(
-            resource, timeout=idle_timeout, reactor=reactor, parsePOSTFormSubmission=False
+            resource,
+            timeout=timeouts.client_idle if idle_timeout is None else idle_timeout,
+            reactor=reactor,
+            parsePOSTFormSubmission=False,
         )
-        self.max_uri_bytes = max_uri_bytes
-        self.max_header_bytes = max_header_bytes
-        self.max_body_bytes = max_body_bytes
-        self.header_timeout = header_timeout
+        self.max_uri_bytes = limits.max_uri_bytes if max_uri_bytes is None else max_uri_bytes
+        self.max_header_bytes = limits.max_header_bytes if max_header_bytes is None else max_header_bytes
+        self.max_body_bytes = limits.max_body_bytes if max_body_bytes is None else max_body_bytes
+        self.header_timeout = timeouts.client_header if header_timeout is None else header_timeout
 
     def log(self, request) -> None:
         pass

@@ -27,7 +27,10 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from heimdall.pool.pool import Backend
+from heimdall.clock import maybe_global_reactor
+from heimdall.config.model import TimeoutsConfig, UpstreamConfig
+from heimdall.interfaces import IRequestBodyConsumer
+from heimdall.pool.values import Backend, FailureKind
 
 _log = Logger()
 
@@ -70,7 +73,7 @@ def _content_length(values: List[bytes]) -> int:
     return found
 
 
-@implementer(IPushProducer)
+@implementer(IPushProducer, IRequestBodyConsumer)
 class UpstreamConnection(Protocol):
     """
     One HTTP/1.1 connection to a backend.  Use L{send_request}, then
@@ -122,7 +125,7 @@ class UpstreamConnection(Protocol):
                 handler.response_finished()
             else:
                 handler.response_failed(
-                    "reset", reason.getErrorMessage(), self._response_started
+                    FailureKind.RESET, reason.getErrorMessage(), self._response_started
                 )
         waiters, self._lost_waiters = self._lost_waiters, []
         for waiter in waiters:
@@ -289,7 +292,7 @@ class UpstreamConnection(Protocol):
         handler = self._handler
         self.abort()
         if handler is not None:
-            handler.response_failed("bad_response", detail, True)
+            handler.response_failed(FailureKind.BAD_RESPONSE, detail, True)
 
     def _parse(self, data: bytes) -> None:
         while data and self._handler is not None:
@@ -470,6 +473,11 @@ class UpstreamConnection(Protocol):
         handler.response_finished()
 
 
+# The defaults are the config's.
+_TIMEOUTS = TimeoutsConfig()
+_UPSTREAM = UpstreamConfig()
+
+
 @attrs.define(eq=False)
 class UpstreamPool:
     """
@@ -484,9 +492,9 @@ class UpstreamPool:
     """
 
     reactor: object = None
-    connect_timeout: float = 5.0
-    idle_timeout: float = 30.0
-    max_idle_per_backend: int = 256
+    connect_timeout: float = _TIMEOUTS.connect
+    idle_timeout: float = _TIMEOUTS.idle_upstream
+    max_idle_per_backend: int = _UPSTREAM.max_idle_per_backend
     tls_trust_root: object = None
     opened: int = 0  # connections established
     reused: int = 0  # requests sent on a pooled connection
@@ -499,10 +507,7 @@ class UpstreamPool:
     _sweeper: object = None
 
     def __attrs_post_init__(self) -> None:
-        if self.reactor is None:
-            from twisted.internet import reactor
-
-            self.reactor = reactor
+        self.reactor = maybe_global_reactor(self.reactor)
 
     def acquire(self, backend: Backend) -> defer.Deferred:
         """

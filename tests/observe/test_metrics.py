@@ -280,7 +280,7 @@ def test_spawner_supervisor_and_alert_counters_from_their_objects():
 
 
 def test_methods_and_labels_are_bounded():
-    from heimdall.proxy.resource import RequestRecord
+    from heimdall.proxy.exchange import RequestRecord
 
     metrics = Metrics(process_metrics=False)
     for i in range(50):
