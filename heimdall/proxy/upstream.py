@@ -73,6 +73,61 @@ def _content_length(values: List[bytes]) -> int:
     return found
 
 
+def _read_head(head: bytes) -> tuple:
+    """
+    Parse a response head (without its final blank line): C{(status,
+    reason, http10, headers, lengths, transfer_codings, connection)}, where
+    C{headers} are the C{(name, value)} pairs as received, C{lengths} the
+    Content-Length values (or None), C{transfer_codings} the joined
+    Transfer-Encoding values (or None) and C{connection} the lower-cased
+    Connection values, each after a comma.  Raises L{_BadResponse}.
+    """
+    crlf = head.count(b"\r\n")
+    if head.count(b"\r") != crlf or head.count(b"\n") != crlf:
+        # A bare CR or LF: header values reach the client unsanitised
+        # (see heimdall.proxy.exchange.response_headers), so the head must
+        # be clean.
+        raise _BadResponse("bare CR or LF in response head")
+    lines = head.split(b"\r\n")
+
+    status_line = lines[0]
+    parts = status_line.split(b" ", 2)
+    if (
+        len(parts) < 2
+        or not parts[0].startswith(b"HTTP/1.")
+        or len(parts[0]) != 8
+        or len(parts[1]) != 3
+        or not parts[1].isdigit()
+    ):
+        raise _BadResponse(f"bad status line {status_line[:80]!r}")
+    status = int(parts[1])
+    reason = parts[2] if len(parts) > 2 else b""
+    http10 = parts[0] == b"HTTP/1.0"
+
+    headers = []
+    lengths = None
+    transfer_codings = None
+    connection = b""
+    for line in lines[1:]:
+        colon = line.find(b":")
+        # No name, or whitespace around it (which includes obsolete line
+        # folding, which RFC 9112 lets a client reject).
+        if colon <= 0 or line[colon - 1] in _WS or line[0] in _WS:
+            raise _BadResponse(f"bad header line {line[:80]!r}")
+        name = line[:colon]
+        value = line[colon + 1 :].strip(b" \t")
+        if len(name) in _FRAMING_LENGTHS:
+            lower = name.lower()
+            if lower == b"content-length":
+                lengths = [value] if lengths is None else lengths + [value]
+            elif lower == b"transfer-encoding":
+                transfer_codings = value if transfer_codings is None else transfer_codings + b"," + value
+            elif lower == b"connection":
+                connection += b"," + value.lower()
+        headers.append((name, value))
+    return status, reason, http10, headers, lengths, transfer_codings, connection
+
+
 @implementer(IPushProducer, IRequestBodyConsumer)
 class UpstreamConnection(Protocol):
     """
@@ -329,51 +384,8 @@ class UpstreamConnection(Protocol):
         self._buffer = b""
         if end > MAX_RESPONSE_HEAD:
             raise _BadResponse("response head too large")
-        head = buffer[:end]
-        crlf = head.count(b"\r\n")
-        if head.count(b"\r") != crlf or head.count(b"\n") != crlf:
-            # A bare CR or LF: header values reach the client unsanitised
-            # (see heimdall.proxy.resource), so the head must be clean.
-            raise _BadResponse("bare CR or LF in response head")
-        lines = head.split(b"\r\n")
+        status, reason, http10, headers, lengths, transfer_codings, connection = _read_head(buffer[:end])
         rest = buffer[end + 4 :]
-
-        status_line = lines[0]
-        parts = status_line.split(b" ", 2)
-        if (
-            len(parts) < 2
-            or not parts[0].startswith(b"HTTP/1.")
-            or len(parts[0]) != 8
-            or len(parts[1]) != 3
-            or not parts[1].isdigit()
-        ):
-            raise _BadResponse(f"bad status line {status_line[:80]!r}")
-        status = int(parts[1])
-        reason = parts[2] if len(parts) > 2 else b""
-        http10 = parts[0] == b"HTTP/1.0"
-
-        headers = []
-        lengths = None
-        transfer_codings = None
-        connection = b""
-        for line in lines[1:]:
-            colon = line.find(b":")
-            # No name, or whitespace around it (which includes obsolete line
-            # folding, which RFC 9112 lets a client reject).
-            if colon <= 0 or line[colon - 1] in _WS or line[0] in _WS:
-                raise _BadResponse(f"bad header line {line[:80]!r}")
-            name = line[:colon]
-            value = line[colon + 1 :].strip(b" \t")
-            if len(name) in _FRAMING_LENGTHS:
-                lower = name.lower()
-                if lower == b"content-length":
-                    lengths = [value] if lengths is None else lengths + [value]
-                elif lower == b"transfer-encoding":
-                    transfer_codings = value if transfer_codings is None else transfer_codings + b"," + value
-                elif lower == b"connection":
-                    connection += b"," + value.lower()
-            headers.append((name, value))
-
         if 100 <= status < 200:
             if status == 101:
                 raise _BadResponse("unexpected 101 Switching Protocols")
@@ -382,7 +394,22 @@ class UpstreamConnection(Protocol):
         self._deadline = None  # a final response head arrived in time
         tokens = {t.strip() for t in connection.split(b",")}
         keep_alive = (b"keep-alive" in tokens) if http10 else (b"close" not in tokens)
+        return self._start_body(status, reason, headers, lengths, transfer_codings, keep_alive, rest)
 
+    def _start_body(
+        self,
+        status: int,
+        reason: bytes,
+        headers: list,
+        lengths: Optional[List[bytes]],
+        transfer_codings: Optional[bytes],
+        keep_alive: bool,
+        rest: bytes,
+    ) -> bytes:
+        """
+        Hand a final response head to the handler and set up the body's
+        framing; returns the bytes left to parse.
+        """
         handler = self._handler
         if self._head_request or status in _NO_BODY_STATUS:
             length = lengths and _content_length(lengths)
