@@ -39,6 +39,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
+from heimdall.clock import maybe_global_reactor
+
 __all__ = [
     "PATTERN",
     "BackendResource",
@@ -229,11 +231,7 @@ class BackendResource(Resource):
         return self._name if self._name is not None else f"backend-{self.port}"
 
     def _get_reactor(self) -> Any:
-        if self._reactor is None:
-            from twisted.internet import reactor
-
-            return reactor
-        return self._reactor
+        return maybe_global_reactor(self._reactor)
 
     # -- dispatch --------------------------------------------------------
 
@@ -420,10 +418,7 @@ def listen_backend(
     (C{getHost().port} is the port; C{stopListening()} to clean up).  Its
     L{BackendResource} is C{listening_port.factory.resource}.
     """
-    if reactor is None:
-        from twisted.internet import reactor as global_reactor
-
-        reactor = global_reactor
+    reactor = maybe_global_reactor(reactor)
     holder: List[Any] = []
     site = make_backend_site(
         name, host, lambda: holder[0].getHost().port, access_log=access_log, reactor=reactor
@@ -451,7 +446,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     """
     args = _parse_args(list(sys.argv[1:] if argv is None else argv))
 
-    from twisted.internet import reactor
+    reactor = maybe_global_reactor()
     from twisted.internet.error import CannotListenError
     from twisted.logger import (
         FilteringLogObserver,

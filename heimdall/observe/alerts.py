@@ -54,7 +54,7 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from heimdall.clock import iso_timestamp
+from heimdall.clock import iso_timestamp, maybe_global_reactor
 from heimdall.health.probes import describe_failure, probe_agent
 from heimdall.config.health import AlertsConfig
 from heimdall.interfaces import IAlertSink
@@ -367,13 +367,16 @@ def build_sinks(config: AlertsConfig, clock: IReactorTime, reactor: Any = None, 
     """
     The webhook and command sinks of C{config} (the log sink is the
     dispatcher's own).  C{webhook_client} defaults to a treq client over a
-    non-persistent connection pool.
+    non-persistent connection pool.  C{clock} times deliveries; C{reactor}
+    (the global one by default) connects and spawns.
     """
     sinks: List[IAlertSink] = []
+    if config.webhooks and webhook_client is None or config.commands:
+        reactor = maybe_global_reactor(reactor)
     if config.webhooks and webhook_client is None:
         import treq
 
-        webhook_client = treq.client.HTTPClient(probe_agent(reactor if reactor is not None else clock))
+        webhook_client = treq.client.HTTPClient(probe_agent(reactor))
     for hook in config.webhooks:
         sinks.append(
             WebhookSink(
@@ -387,7 +390,7 @@ def build_sinks(config: AlertsConfig, clock: IReactorTime, reactor: Any = None, 
             )
         )
     for command in config.commands:
-        sinks.append(CommandSink(reactor if reactor is not None else clock, command.command, timeout=command.timeout))
+        sinks.append(CommandSink(reactor, command.command, timeout=command.timeout))
     return sinks
 
 

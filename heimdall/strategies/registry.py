@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from zope.interface.registry import Components
 from zope.interface.verify import verifyObject
 
+from heimdall.clock import maybe_global_reactor
 from heimdall.errors import DuplicateStrategy, UnknownStrategy
 from heimdall.interfaces import IStrategy, IStrategyFactory
 
@@ -77,10 +78,8 @@ class StrategyRegistry:
         Build a strategy by name.  C{random} defaults to a fresh
         L{random.Random}; C{clock} to the global reactor.
         """
-        if clock is None:
-            from twisted.internet import reactor as clock  # type: ignore[no-redef]
         strategy = self.get(name).create(
-            dict(options or {}), random if random is not None else _random.Random(), clock
+            dict(options or {}), random if random is not None else _random.Random(), maybe_global_reactor(clock)
         )
         return strategy
 
