@@ -60,6 +60,7 @@ from heimdall.config.fields import boolean, duration, integer, one_of, tuple_fro
 from heimdall.config.reader import build, join, read_object
 from heimdall.errors import ConfigError
 from heimdall.pool.pool import PANIC_MODES, Backend
+from heimdall.pool.values import EventKind
 
 __all__ = [
     "ALERT_EVENT_KINDS",
@@ -76,8 +77,12 @@ __all__ = [
 ]
 
 #: The pool events an alert may be sent for.
-ALERT_EVENT_KINDS = ("up", "down", "ejected", "returned", "added", "removed", "all_down", "recovered", "admin", "weight")
-_DEFAULT_ALERT_EVENTS = ("up", "down", "ejected", "returned", "added", "removed", "all_down", "recovered")
+_E = EventKind
+ALERT_EVENT_KINDS = tuple(
+    kind.value
+    for kind in (_E.UP, _E.DOWN, _E.EJECTED, _E.RETURNED, _E.ADDED, _E.REMOVED, _E.ALL_DOWN, _E.RECOVERED, _E.ADMIN, _E.WEIGHT)
+)
+_DEFAULT_ALERT_EVENTS = ALERT_EVENT_KINDS[:-2]  # not admin and weight
 
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 

@@ -74,6 +74,9 @@ _log = Logger(namespace="heimdall.observe.alerts")
 
 ALERT_VERSION = 1
 
+# The config's default (AlertsConfig.events).
+_DEFAULT_EVENTS = AlertsConfig().events
+
 _SEVERITY = {
     "down": "critical",
     "all_down": "critical",
@@ -419,7 +422,7 @@ class AlertDispatcher:
     clock: IReactorTime
     sinks: Sequence[IAlertSink] = ()
     flap_window: float = 60.0
-    events: Sequence[str] = ("up", "down", "ejected", "returned", "added", "removed", "all_down", "recovered")
+    events: Sequence[str] = _DEFAULT_EVENTS
     log_sink: IAlertSink = attrs.field(factory=LogSink)
     #: Called with C{(sink kind, delivered)} after each delivery to a sink
     #: (C{"webhook"}, C{"command"}): for metrics; must not raise.
