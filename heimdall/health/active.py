@@ -10,9 +10,10 @@ Per backend:
     while it is down or ejected;
   - each tick waits a random delay of up to C{jitter} x the interval (so
     that checks spread out), then runs the probe (an L{IHealthCheck}: HTTP
-    or TCP connect, from L{heimdall.health.probes}) with a timeout; a LoopingCall never starts a tick while
-    the last one's Deferred is pending, so probes of one backend never
-    overlap (a tick that runs late skips the ticks it missed);
+    or TCP connect, from L{heimdall.health.probes}) with a timeout; a
+    LoopingCall never starts a tick while the last one's Deferred is
+    pending, so probes of one backend never overlap (a tick that runs late
+    skips the ticks it missed);
   - every outcome, a raised exception included, becomes a L{CheckResult}:
     nothing escapes into the LoopingCall, which would stop for good;
   - hysteresis as in HAProxy: C{fall} consecutive failures take an up

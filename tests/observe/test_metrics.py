@@ -406,3 +406,34 @@ def test_openmetrics_of_a_fresh_registry_is_valid():
     metrics = Metrics()
     body = generate_openmetrics(metrics.registry).decode()
     assert list(parse_openmetrics(body))
+
+
+def test_active_checks_are_counted_through_the_probers_subscribe_checks():
+    import random
+
+    from twisted.internet import defer
+    from twisted.internet.task import Clock
+
+    from heimdall.config.health import parse_health
+    from heimdall.health.active import HealthProber
+    from heimdall.health.probes import ProbeOutcome
+    from heimdall.pool.pool import BackendPool
+    from heimdall.pool.values import Backend
+    from heimdall.strategies.registry import default_registry
+
+    class Passing:
+        def check(self, backend):
+            return defer.succeed(ProbeOutcome(True, "HTTP 200"))
+
+    clock = Clock()
+    pool = BackendPool(default_registry().create("round_robin", {}, random.Random(0), clock), clock=clock)
+    member = pool.add(Backend.from_url("http://127.0.0.1:9001"))
+    prober = HealthProber(pool, parse_health({"jitter": 0}), clock, lambda settings: Passing())
+    metrics = Metrics(process_metrics=False)
+    detach = metrics.attach(pool, health=prober)
+    prober.start()
+    assert _value(metrics, "heimdall_health_checks_total", backend=member.id, result="success") == 1
+    detach()
+    clock.advance(60)
+    assert _value(metrics, "heimdall_health_checks_total", backend=member.id, result="success") == 1
+    prober.stop()
