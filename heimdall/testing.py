@@ -47,7 +47,8 @@ from twisted.web.server import Site
 from zope.interface import directlyProvides, implementer
 
 from heimdall.embed import create_strategy
-from heimdall.pool.pool import Backend, BackendPool, Member
+from heimdall.pool.pool import BackendPool, Member
+from heimdall.pool.values import Backend
 from heimdall.proxy.resource import BalancerResource
 from heimdall.proxy.site import HeimdallSite
 from heimdall.proxy.upstream import UpstreamConnection, UpstreamPool

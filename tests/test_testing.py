@@ -140,7 +140,7 @@ def test_all_refuse_is_502():
 
 
 def test_memory_pool_refuses_unknown_backend():
-    from heimdall.pool.pool import Backend
+    from heimdall.pool.values import Backend
 
     upstream = MemoryUpstreamPool()
     failure = []

@@ -82,6 +82,7 @@ from prometheus_client.exposition import choose_encoder
 from twisted.web.resource import Resource
 
 from heimdall.pool.values import EventKind, FailureKind
+from heimdall.proxy.exchange import STALE
 
 __all__ = [
     "DURATION_BUCKETS",
@@ -110,9 +111,8 @@ _CODE_METHOD = {0: "OTHER", **{10 * (i + 1): name for i, name in enumerate(_METH
 #: Why the proxy retries (RequestRecord.retry_reasons); listed at 0 from the start.
 _RETRY_REASONS = ("connect", "reset", "stale", "bad_response", "5xx", "timeout")
 _FAILURE_REASONS = tuple(kind.value for kind in FailureKind)
-#: A pooled connection the backend had closed while idle: not held against
-#: the backend, but worth seeing (it causes retries).
-STALE = "stale"
+# STALE: a pooled connection the backend had closed while idle: not held
+# against the backend, but worth seeing (it causes retries).
 
 _NONE = "none"  # the backend label of a request no backend was picked for
 
@@ -544,7 +544,8 @@ class Metrics:
             "heimdall_backend_last_check_latency_seconds", "How long the last active health check took.",
             labels=["backend"],
         )
-        from heimdall.pool.pool import AdminState, Health, is_eligible
+        from heimdall.pool.pool import is_eligible
+        from heimdall.pool.values import AdminState, Health
 
         for member in sorted(members, key=lambda m: m.id):
             backend = member.id

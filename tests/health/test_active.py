@@ -20,7 +20,8 @@ from heimdall.health.active import HealthProber
 from heimdall.health.probes import ProbeOutcome, default_check_factory
 from heimdall.config.health import CheckSettings, HealthConfig, parse_health
 from heimdall.interfaces import IHealthCheck
-from heimdall.pool.pool import Backend, BackendPool, Health, is_eligible
+from heimdall.pool.pool import BackendPool, is_eligible
+from heimdall.pool.values import Backend, Health
 from heimdall.strategies.registry import default_registry
 
 

@@ -14,7 +14,8 @@ from heimdall.pool.context import RequestContext
 from heimdall.errors import NoBackendAvailable
 from heimdall.config.health import OutlierConfig
 from heimdall.health.outlier import OutlierDetector
-from heimdall.pool.pool import Backend, BackendPool, Health, Outcome, is_eligible
+from heimdall.pool.pool import BackendPool, is_eligible
+from heimdall.pool.values import Backend, Health, Outcome
 from heimdall.strategies.registry import default_registry
 from heimdall.proxy.retry_budget import RetryBudget
 
@@ -154,7 +155,7 @@ def test_disabled_detection_does_nothing():
 
 def test_panic_mode_fail_answers_at_once_and_route_uses_every_ready_backend():
     clock, pool, [a, b, c], detector, events = _setup(max_ejection_percent=100)
-    from heimdall.pool.pool import AdminState
+    from heimdall.pool.values import AdminState
 
     pool.set_admin(c.id, AdminState.DRAINING)
     _attempt(pool, a, failure="connect")

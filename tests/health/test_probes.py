@@ -29,7 +29,7 @@ from heimdall.health.probes import (
     quiet_connection_pool,
 )
 from heimdall.interfaces import IHealthCheck
-from heimdall.pool.pool import Backend
+from heimdall.pool.values import Backend
 
 class _Health(Resource):
     isLeaf = True

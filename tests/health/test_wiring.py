@@ -11,7 +11,8 @@ from twisted.internet.testing import MemoryReactorClock
 
 from heimdall.config.health import parse_alerts, parse_health
 from heimdall.health.wiring import HealthService, build_health
-from heimdall.pool.pool import Backend, BackendPool, Outcome
+from heimdall.pool.pool import BackendPool
+from heimdall.pool.values import Backend, Outcome
 from heimdall.strategies.registry import default_registry
 
 

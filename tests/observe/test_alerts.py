@@ -25,7 +25,8 @@ from zope.interface.verify import verifyObject
 from heimdall.observe.alerts import AlertDispatcher, CommandSink, LogSink, WebhookSink, alert_document
 from heimdall.config.health import parse_alerts
 from heimdall.interfaces import IAlertSink
-from heimdall.pool.pool import Backend, BackendPool, Health, PoolEvent
+from heimdall.pool.pool import BackendPool
+from heimdall.pool.values import Backend, Health, PoolEvent
 from heimdall.strategies.registry import default_registry
 from tests.netutil import free_port
 

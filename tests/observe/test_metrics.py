@@ -179,7 +179,9 @@ def test_pool_events_health_ejections_and_removal_drop_series():
 
     from twisted.internet.task import Clock
 
-    from heimdall.pool.pool import Backend, BackendPool, Health
+    from heimdall.pool.pool import BackendPool
+
+    from heimdall.pool.values import Backend, Health
     from heimdall.strategies.registry import default_registry
 
     clock = Clock()

@@ -11,7 +11,8 @@ from twisted.internet.task import Clock
 
 from heimdall.pool.context import RequestContext
 from heimdall.errors import NoBackendAvailable
-from heimdall.pool.pool import AdminState, Backend, BackendPool, Health, Outcome, is_eligible
+from heimdall.pool.pool import BackendPool, is_eligible
+from heimdall.pool.values import AdminState, Backend, Health, Outcome
 from heimdall.strategies.registry import default_registry
 
 
@@ -173,7 +174,7 @@ def test_ejection_is_separate_from_health_and_admin():
 
 
 def test_record_check_and_health_report():
-    from heimdall.pool.pool import CheckResult
+    from heimdall.pool.values import CheckResult
 
     pool, clock = _pool(1)
     [member] = pool.members()

@@ -11,7 +11,7 @@ from twisted.internet.testing import StringTransport
 from zope.interface.verify import verifyObject
 
 from heimdall.interfaces import IUpstreamResponseHandler
-from heimdall.pool.pool import Backend
+from heimdall.pool.values import Backend
 from heimdall.proxy.upstream import UpstreamConnection, UpstreamPool
 from zope.interface import implementer
 

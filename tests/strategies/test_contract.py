@@ -15,7 +15,8 @@ from zope.interface.verify import verifyObject
 from heimdall.pool.context import RequestContext
 from heimdall.errors import NoBackendAvailable, StrategyOptionError
 from heimdall.interfaces import IResponseObserver, IStrategy, IStrategyFactory
-from heimdall.pool.pool import AdminState, Backend, BackendPool, Health, Member, Outcome
+from heimdall.pool.pool import BackendPool, Member
+from heimdall.pool.values import AdminState, Backend, Health, Outcome
 from heimdall.strategies.registry import default_registry
 
 #: Strategies that cannot be built without options.

@@ -18,7 +18,8 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from heimdall.pool.context import RequestContext
 from heimdall.strategies.hashing import HashRing, stable_hash
-from heimdall.pool.pool import Backend, BackendPool, Health, Member
+from heimdall.pool.pool import BackendPool, Member
+from heimdall.pool.values import Backend, Health
 from heimdall.strategies.registry import default_registry
 
 FEW = settings(max_examples=25, deadline=None)
@@ -274,7 +275,7 @@ def test_bounded_load_keeps_every_backend_under_factor_times_average(weights, fa
 
 
 def _ok():
-    from heimdall.pool.pool import Outcome
+    from heimdall.pool.values import Outcome
 
     return Outcome(status=200)
 

@@ -17,7 +17,8 @@ from zope.interface import Invalid, implementer
 from heimdall.pool.context import RequestContext
 from heimdall.errors import DuplicateStrategy, StrategyOptionError, UnknownStrategy
 from heimdall.interfaces import IStrategyFactory
-from heimdall.pool.pool import Backend, BackendPool, Health
+from heimdall.pool.pool import BackendPool
+from heimdall.pool.values import Backend, Health
 from heimdall.strategies.registry import ENTRY_POINT_GROUP, StrategyRegistry, default_registry
 from heimdall.strategies import BUILTIN, register_builtin
 from heimdall.strategies._base import StrategyFactory

@@ -15,7 +15,8 @@ from twisted.web.test.requesthelper import DummyRequest
 from heimdall.pool.context import RequestContext
 from heimdall.errors import StrategyOptionError
 from heimdall.strategies.hashing import HashRing, point_counts, stable_hash
-from heimdall.pool.pool import Backend, BackendPool, Health, Member, Outcome
+from heimdall.pool.pool import BackendPool, Member
+from heimdall.pool.values import Backend, Health, Outcome
 from heimdall.strategies.registry import default_registry
 from heimdall.strategies._base import check_networks, client_address, lowest_score
 from heimdall.strategies.sticky_round_robin import cookie_token
@@ -586,7 +587,8 @@ def test_round_robin_offset_is_random_even_when_members_arrive_one_by_one():
     import random as _random
 
     from heimdall.pool.context import RequestContext
-    from heimdall.pool.pool import Backend, BackendPool
+    from heimdall.pool.pool import BackendPool
+    from heimdall.pool.values import Backend
     from heimdall.strategies.round_robin import RoundRobin
     from twisted.internet.task import Clock
 
@@ -606,7 +608,8 @@ def test_least_connections_tracked_buckets_match_a_scan():
     import random as _random
 
     from heimdall.pool.context import RequestContext
-    from heimdall.pool.pool import Backend, BackendPool, Outcome
+    from heimdall.pool.pool import BackendPool
+    from heimdall.pool.values import Backend, Outcome
     from heimdall.strategies.least_connections import LeastConnections
     from twisted.internet.task import Clock
 
