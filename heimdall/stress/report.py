@@ -1,22 +1,16 @@
 """
 What a run tells: the text report (stdout), the JSON file (C{--json}) and
-a self-contained HTML page (C{--report}) with three charts, drawn with
-matplotlib (the optional extra C{pip install 'heimdall[report]'}) and
-inlined as SVG.  Without matplotlib the page has the same tables and says
-how to get the charts.
+a self-contained HTML page (C{--report}) with three charts, drawn as SVG by
+L{heimdall.stress.svg} and inlined (no plotting library, no script).
 """
 
 from __future__ import annotations
 
 import html
-import io
 import json
 from typing import Any, Dict, List, Optional
 
-CHARTS_MISSING = (
-    "Charts need matplotlib, which is not installed. "
-    "Install it with: pip install 'heimdall[report]' (or pip install matplotlib), then run again."
-)
+from heimdall.stress import svg
 
 
 def _ms(value: Optional[float]) -> str:
@@ -135,134 +129,68 @@ def write_json(result: Dict[str, Any], path: str) -> None:
 # -- charts ----------------------------------------------------------------------
 
 
-def have_matplotlib() -> bool:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def render_charts(result: Dict[str, Any], fmt: str = "svg") -> Dict[str, bytes]:
+def render_charts(result: Dict[str, Any]) -> Dict[str, str]:
     """
-    The three charts as C{fmt} (svg or png) bytes: C{latency_over_time},
-    C{latency_histogram}, C{backends} (absent when there is no backend
-    header).  Raises ImportError without matplotlib.
+    The three charts as SVG documents (L{heimdall.stress.svg}, no plotting
+    library): C{latency_over_time}, C{latency_histogram}, C{backends}
+    (absent when no response carried the backend header).
     """
-    import matplotlib
-    from matplotlib.figure import Figure
-
-    # Text stays text in the SVG (smaller, searchable), drawn with the
-    # reader's sans-serif font.
-    matplotlib.rcParams["svg.fonttype"] = "none"
-
-    charts: Dict[str, bytes] = {}
-    charts["latency_over_time"] = _save(_latency_over_time(Figure, result), fmt)
-    charts["latency_histogram"] = _save(_latency_histogram(Figure, result), fmt)
+    charts: Dict[str, str] = {
+        "latency_over_time": _latency_over_time(result),
+        "latency_histogram": _latency_histogram(result),
+    }
     if result["backends"]["counts"]:
-        charts["backends"] = _save(_backends_chart(Figure, result), fmt)
+        charts["backends"] = _backends_chart(result)
     return charts
 
 
-def _save(figure, fmt: str) -> bytes:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format=fmt, bbox_inches="tight", dpi=110)
-    return buffer.getvalue()
-
-
-def _latency_over_time(Figure, result):
+def _latency_over_time(result: Dict[str, Any]) -> str:
     """
     Two panels sharing the time axis: latency percentiles per interval
     (log scale), and below it the responses per second, stacked by backend,
     so that a failover shows traffic leaving one backend.
     """
-    from matplotlib.ticker import FuncFormatter
-
     rows = result["timeline"]
-    figure = Figure(figsize=(9, 5.4))
-    top, bottom = figure.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 2]})
-    times = [row["t"] + row["width"] / 2 for row in rows]  # mid-interval, over its bar
-    for key, label, style in (("p50_ms", "p50", "-"), ("p99_ms", "p99", "-"), ("max_ms", "max", ":")):
-        values = [row[key] if row[key] is not None else float("nan") for row in rows]
-        top.plot(times, values, style, label=label, marker="o", markersize=3)
-    top.set_ylabel("latency (ms)")
-    top.set_yscale("log")
-    top.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    top.grid(True, which="both", alpha=0.3)
-    failed = [(t, row["failed"]) for t, row in zip(times, rows) if row["failed"]]
-    if failed:
-        ceiling = max((row["max_ms"] or 0 for row in rows), default=1) or 1
-        top.scatter([t for t, _ in failed], [ceiling] * len(failed), marker="x", color="red",
-                    label="failed requests", zorder=5)
-    top.set_title(f"Latency and throughput over time (latency from the {result['latency_measured_from']})",
-                  fontsize=10)
     starts = [row["t"] for row in rows]
-    widths = [row["width"] * 0.92 for row in rows]
-    names = list(result["backends"]["counts"])
-    if names:
-        base = [0.0] * len(rows)
-        for name in names:
-            heights = [row["backends"].get(name, 0) / row["width"] for row in rows]
-            bottom.bar(starts, heights, width=widths, bottom=base, align="edge", label=name)
-            base = [b + h for b, h in zip(base, heights)]
-        untracked = [max(row["rate"] - b, 0) for row, b in zip(rows, base)]
-        if any(untracked):
-            bottom.bar(starts, untracked, width=widths, bottom=base, align="edge", color="lightgray",
-                       label="(no header)")
-        bottom.legend(loc="lower left", fontsize=7, ncol=min(len(names) + 1, 4))
-    else:
-        bottom.bar(starts, [row["rate"] for row in rows], width=widths, align="edge", color="gray")
-    bottom.set_ylabel("responses/s")
-    bottom.set_xlabel("seconds since start")
-    bottom.grid(True, axis="y", alpha=0.3)
+    widths = [row["width"] for row in rows]
+    series = [
+        svg.Series("p50", [row["p50_ms"] for row in rows]),
+        svg.Series("p99", [row["p99_ms"] for row in rows]),
+        svg.Series("max", [row["max_ms"] for row in rows], style="dotted"),
+    ]
+    stacks = {
+        name: [row["backends"].get(name, 0) / row["width"] for row in rows] for name in result["backends"]["counts"]
+    }
+    tracked = [sum(values) for values in zip(*stacks.values())] if stacks else [0.0] * len(rows)
+    rest = [max(row["rate"] - t, 0.0) for row, t in zip(rows, tracked)]
     scenario = result.get("scenario")
+    mark_at = mark_until = None
     if scenario:
-        kill_at = scenario["kill"]["at"]
-        moved = kill_at + scenario["moved_after_s"]
-        for axis in (top, bottom):
-            axis.axvline(kill_at, color="red", linestyle="--", label="kill" if axis is top else None)
-            axis.axvspan(kill_at, max(moved, kill_at + 0.05), color="red", alpha=0.08)
-    top.legend(loc="upper right", fontsize=8)
-    return figure
+        mark_at = scenario["kill"]["at"]
+        mark_until = mark_at + scenario["moved_after_s"]
+    return svg.time_chart(
+        f"Latency and throughput over time (latency from the {result['latency_measured_from']})",
+        starts, widths, series, stacks, rest=rest, failed=[row["failed"] for row in rows],
+        mark_at=mark_at, mark_until=mark_until,
+    )
 
 
-def _latency_histogram(Figure, result):
-    figure = Figure(figsize=(9, 3.2))
-    axis = figure.add_subplot(1, 1, 1)
-    bins = result["latency_distribution_ms"]
-    if bins:
-        lows = [b[0] for b in bins]
-        widths = [b[1] - b[0] for b in bins]
-        axis.bar(lows, [b[2] for b in bins], width=widths, align="edge", edgecolor="white")
-        axis.set_xscale("log")
+def _latency_histogram(result: Dict[str, Any]) -> str:
     lat = result["latency_ms"]
-    for key, label in (("p50", "p50"), ("p99", "p99"), ("p99_9", "p99.9")):
-        if lat.get(key):
-            axis.axvline(lat[key], linestyle="--", linewidth=1, color="black", alpha=0.6)
-            axis.annotate(label, (lat[key], 1), xycoords=("data", "axes fraction"), fontsize=8,
-                          rotation=90, va="top", ha="right")
-    axis.set_xlabel("latency (ms, log scale)")
-    axis.set_ylabel("requests")
-    axis.set_title("Latency histogram", fontsize=10)
-    axis.grid(True, axis="y", alpha=0.3)
-    return figure
+    marks = [(label, lat[key]) for key, label in (("p50", "p50"), ("p99", "p99"), ("p99_9", "p99.9")) if lat.get(key)]
+    return svg.histogram_chart("Latency histogram", result["latency_distribution_ms"], marks)
 
 
-def _backends_chart(Figure, result):
+def _backends_chart(result: Dict[str, Any]) -> str:
     backends = result["backends"]
     names = list(backends["counts"])
-    figure = Figure(figsize=(9, max(1.6, 0.45 * len(names) + 0.8)))
-    axis = figure.add_subplot(1, 1, 1)
-    percents = [backends["percent"][name] for name in names]
-    bars = axis.barh(names, percents, color="#4c72b0")
-    for bar, name in zip(bars, names):
-        axis.text(bar.get_width(), bar.get_y() + bar.get_height() / 2,
-                  f" {backends['percent'][name]:.1f}% ({backends['counts'][name]:,})", va="center", fontsize=8)
-    axis.set_xlabel(f"share of responses (%), from the {backends['header']} header")
-    axis.set_xlim(0, max(percents + [1]) * 1.25)
-    axis.invert_yaxis()
-    axis.set_title("Requests per backend", fontsize=10)
-    return figure
+    return svg.bar_chart(
+        "Requests per backend",
+        names,
+        [backends["percent"][name] for name in names],
+        [f"{backends['percent'][name]:.1f}% ({backends['counts'][name]:,})" for name in names],
+        x_label=f"share of responses (%), from the {backends['header']} header",
+    )
 
 
 # -- HTML --------------------------------------------------------------------------
@@ -274,7 +202,6 @@ h1 { font-size: 1.4em; } h2 { font-size: 1.1em; margin-top: 1.8em; border-bottom
 table { border-collapse: collapse; margin: 0.5em 0; } td, th { padding: 0.2em 0.8em; text-align: right; }
 th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
 .warning { background: #fff3cd; border: 1px solid #e0c36b; padding: 0.5em 1em; }
-.note { background: #eef4ff; border: 1px solid #9db7e8; padding: 0.5em 1em; }
 .chart svg { max-width: 100%; height: auto; } pre { background: #f7f7f7; padding: 1em; overflow-x: auto; }
 """
 
@@ -285,17 +212,13 @@ def _table(headers: List[str], rows: List[List[Any]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _inline_svg(data: bytes) -> str:
-    text = data.decode("utf-8")
-    start = text.find("<svg")
-    return text[start:] if start >= 0 else text
-
-
-def html_report(result: Dict[str, Any], charts: Optional[Dict[str, bytes]] = None) -> str:
+def html_report(result: Dict[str, Any], charts: Optional[Dict[str, str]] = None) -> str:
     """
-    The report as one HTML document; C{charts} (SVG) are inlined, else a
-    note says how to get them.
+    The report as one HTML document with C{charts} (SVG documents, by
+    default L{render_charts}) inlined.
     """
+    if charts is None:
+        charts = render_charts(result)
     e = html.escape
     lat = result["latency_ms"]
     parts = [
@@ -319,11 +242,8 @@ def html_report(result: Dict[str, Any], charts: Optional[Dict[str, bytes]] = Non
     )
     parts.append(_table(["status", "count"], [[k, f"{v:,}"] for k, v in result["status_codes"].items()]))
     parts.append(_table(["error", "count"], [[k, f"{v:,}"] for k, v in result["errors"].items()]))
-    if charts is None:
-        parts.append(f'<p class="note">{e(CHARTS_MISSING)}</p>')
     parts.append("<h2>Latency over time</h2>")
-    if charts:
-        parts.append(f'<div class="chart" id="chart-latency-over-time">{_inline_svg(charts["latency_over_time"])}</div>')
+    parts.append(f'<div class="chart" id="chart-latency-over-time">{charts["latency_over_time"]}</div>')
     parts.append(
         _table(
             ["t (s)", "req/s", "failed", "p50", "p99", "max"],
@@ -332,13 +252,12 @@ def html_report(result: Dict[str, Any], charts: Optional[Dict[str, bytes]] = Non
         )
     )
     parts.append("<h2>Latency histogram</h2>")
-    if charts:
-        parts.append(f'<div class="chart" id="chart-latency-histogram">{_inline_svg(charts["latency_histogram"])}</div>')
+    parts.append(f'<div class="chart" id="chart-latency-histogram">{charts["latency_histogram"]}</div>')
     backends = result["backends"]
     parts.append(f"<h2>Backends (from the {e(str(backends['header']))} header)</h2>")
     if backends["counts"]:
-        if charts and "backends" in charts:
-            parts.append(f'<div class="chart" id="chart-backends">{_inline_svg(charts["backends"])}</div>')
+        if "backends" in charts:
+            parts.append(f'<div class="chart" id="chart-backends">{charts["backends"]}</div>')
         parts.append(
             _table(
                 ["backend", "responses", "share"],
@@ -363,14 +282,9 @@ def html_report(result: Dict[str, Any], charts: Optional[Dict[str, bytes]] = Non
     return "\n".join(parts) + "\n"
 
 
-def write_html(result: Dict[str, Any], path: str) -> bool:
+def write_html(result: Dict[str, Any], path: str) -> None:
     """
-    Write the HTML report; returns whether charts were included.
+    Write the HTML report, charts included.
     """
-    try:
-        charts: Optional[Dict[str, bytes]] = render_charts(result, "svg")
-    except ImportError:
-        charts = None
     with open(path, "w", encoding="utf-8") as f:
-        f.write(html_report(result, charts))
-    return charts is not None
+        f.write(html_report(result))

@@ -1,7 +1,7 @@
 """
 heimdall stress, piece by piece: the response parser, the request bytes,
 histogram merging, the failover analysis, finding a port's process, the
-report without matplotlib, the command line's checks, and the load loop
+HTML report, the command line's checks, and the load loop
 against small plain-socket servers (threads, not the reactor: the loop
 blocks, as it does in its own process).
 """
@@ -19,7 +19,7 @@ from heimdall.stress import histogram as hdr
 from heimdall.stress.cli import build_parser, main, options_from_args
 from heimdall.stress.engine import Worker, WorkerPlan
 from heimdall.stress.http import ProtocolError, ResponseReader, Target, build_request
-from heimdall.stress.report import CHARTS_MISSING, html_report, text_report
+from heimdall.stress.report import html_report, text_report
 from heimdall.stress.scenario import (
     KillResult,
     analyze_failover,
@@ -201,13 +201,12 @@ class _Checker(html.parser.HTMLParser):
         self.stack.pop()
 
 
-def test_html_report_without_matplotlib_says_how_to_get_charts():
-    page = html_report(_result(), charts=None)
+def test_html_report_has_its_charts_and_escapes():
+    page = html_report(_result())
     checker = _Checker()
     checker.feed(page)
-    assert checker.stack == [] and checker.svgs == 0
-    assert CHARTS_MISSING.split(":")[0] in page and "pip install 'heimdall[report]'" in page.replace("&#x27;", "'")
-    assert "a&lt;b&gt;" in page  # escaped
+    assert checker.stack == [] and checker.svgs == 3
+    assert "a&lt;b&gt;" in page and "a<b>" not in page  # escaped, in the tables and the charts
 
 
 def test_text_report_lists_everything():
