@@ -32,7 +32,13 @@ $(PROMTOOL): | $(PY)
 	  { apt-get download prometheus 2>/dev/null || { apt-get update -q && apt-get download prometheus; }; } && \
 	  dpkg-deb -x prometheus_*.deb root && cp root/usr/bin/promtool $(CURDIR)/$@ && rm -rf $$tmp; fi
 
-test: install $(PROMTOOL)
+# The browser tests drive Debian's Chromium through Debian's chromedriver
+# (selenium is in the test extra); no browser is downloaded.
+CHROMEDRIVER = /usr/bin/chromedriver
+$(CHROMEDRIVER):
+	apt-get install -y -q chromium chromium-driver || { apt-get update -q && apt-get install -y -q chromium chromium-driver; }
+
+test: install $(PROMTOOL) $(CHROMEDRIVER)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" HEIMDALL_TEST_STRICT=1 $(PY) -m pytest -q $(PYTEST_ARGS)
 
 clean:

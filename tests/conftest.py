@@ -12,6 +12,8 @@ import random
 import pytest
 import pytest_twisted
 
+from tests.browser import browser  # noqa: F401  (the fixture: a headless Chromium)
+
 
 @pytest.fixture
 def reactor():

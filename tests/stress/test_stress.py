@@ -214,3 +214,123 @@ def test_failover_through_the_manager_reports_no_failed_request(tmp_path):
     run, result, victim = _failover(tmp_path, "--manager", "{manager}", "--kill-port", "{port}")
     assert result["scenario"]["kill"]["action"].endswith(f"/servers/remove?port={victim}")
     _check_failover(run, result, victim)
+
+
+# -- the HTML report in a real browser, from the default install ---------------------
+
+# Run in the child: refuse to import any module that a plain
+# `pip install heimdall` (no extras) would not have installed.
+_DEFAULT_INSTALL_ONLY = r"""
+import runpy, sys
+blocked = set(sys.argv[1].split(","))
+
+class Refuse:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in blocked:
+            raise ImportError(f"{name} is not part of the default install")
+        return None
+
+sys.meta_path.insert(0, Refuse())
+sys.argv = ["heimdall stress"] + sys.argv[2:]
+runpy.run_module("heimdall.stress", run_name="__main__")
+"""
+
+
+def _default_install_closure():
+    """
+    The distributions a plain `pip install heimdall` installs: heimdall's
+    requirements without extras, and theirs (with the extras they ask for).
+    """
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    seen = set()
+    todo = [("heimdall", frozenset())]
+    while todo:
+        name, extras = todo.pop()
+        key = (canonicalize_name(name), extras)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue  # a requirement for another platform or Python
+        for line in dist.requires or ():
+            req = Requirement(line)
+            if req.marker is not None and not any(
+                req.marker.evaluate({"extra": extra}) for extra in ({""} | set(extras))
+            ):
+                continue
+            todo.append((req.name, frozenset(req.extras)))
+    return {name for name, _ in seen}
+
+
+def _modules_outside(closure):
+    """
+    Top-level modules installed here by distributions outside C{closure}
+    (the test extra: pytest, selenium, hypothesis, ...).
+    """
+    from importlib import metadata
+
+    from packaging.utils import canonicalize_name
+
+    owners = {}
+    for dist in metadata.distributions():
+        top = (dist.read_text("top_level.txt") or "").split()
+        if not top:
+            top = sorted({Path(str(f)).parts[0].split(".")[0] for f in dist.files or ()
+                          if not str(f).startswith(("..", "/")) and ".dist-info" not in str(f)})
+        for module in top:
+            owners.setdefault(module, set()).add(canonicalize_name(dist.metadata["Name"]))
+    return {module for module, dists in owners.items() if not dists & closure and module.isidentifier()}
+
+
+def test_default_install_report_has_charts_that_render_in_chromium(heimdall, tmp_path, browser):
+    from selenium.webdriver.common.by import By
+
+    closure = _default_install_closure()
+    assert {"heimdall", "twisted", "hdrhistogram", "rich"} <= closure and "selenium" not in closure
+    blocked = _modules_outside(closure)
+    assert {"selenium", "pytest", "hypothesis"} <= blocked and "heimdall" not in blocked
+    report = tmp_path / "report.html"
+    run = subprocess.run(
+        [sys.executable, "-c", _DEFAULT_INSTALL_ONLY, ",".join(sorted(blocked)), heimdall.url + "/", "-c", "4",
+         "-d", "2s", "--rate", "100", "--report", str(report), "-q"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert f"HTML report written to {report}" in run.stdout
+    browser.get(report.as_uri())
+    assert browser.driver.title.startswith("heimdall stress:")
+    for chart, least in (("chart-latency-over-time", {"point": 6, "bar": 6}),
+                         ("chart-latency-histogram", {"bar": 1}),
+                         ("chart-backends", {"bar": 3})):
+        svg = browser.driver.find_element(By.CSS_SELECTOR, f"#{chart} > svg")
+        width, height = browser.element_size(svg)
+        assert width > 300 and height > 100, (chart, width, height)
+        # Every drawn mark has an area on the page, and the text is laid out.
+        sizes = browser.script(
+            """
+            const out = {};
+            for (const kind of ["point", "bar", "tick-label", "axis-label"]) {
+              out[kind] = Array.from(arguments[0].querySelectorAll("." + kind)).map(e => {
+                const r = e.getBoundingClientRect(); return [r.width, r.height]; });
+            }
+            return out;
+            """,
+            svg,
+        )
+        for kind, count in least.items():
+            assert len(sizes[kind]) >= count, (chart, kind, sizes[kind])
+            assert all(w > 0 and h > 0 for w, h in sizes[kind]), (chart, kind, sizes[kind])
+        assert sizes["tick-label"] and all(w > 0 and h > 0 for w, h in sizes["tick-label"]), chart
+        assert sizes["axis-label"], chart
+        png = svg.screenshot_as_png
+        assert png.startswith(b"\x89PNG") and len(png) > 2000, chart
+    backends = browser.driver.find_element(By.ID, "chart-backends").text
+    assert all(f"127.0.0.1:{port}" in backends for port in heimdall.ports)
+    browser.screenshot(tmp_path / "report.png")
+    assert browser.console_errors() == []
