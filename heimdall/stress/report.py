@@ -162,7 +162,8 @@ def _latency_over_time(result: Dict[str, Any]) -> str:
         name: [row["backends"].get(name, 0) / row["width"] for row in rows] for name in result["backends"]["counts"]
     }
     tracked = [sum(values) for values in zip(*stacks.values())] if stacks else [0.0] * len(rows)
-    rest = [max(row["rate"] - t, 0.0) for row, t in zip(rows, tracked)]
+    # What no header named (rounded: the rate and the counts are floats).
+    rest = [round(max(row["rate"] - t, 0.0), 6) for row, t in zip(rows, tracked)]
     scenario = result.get("scenario")
     mark_at = mark_until = None
     if scenario:

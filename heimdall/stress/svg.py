@@ -400,8 +400,8 @@ def time_chart(
     for _, _, values in layers:
         totals = [t + v for t, v in zip(totals, values)]
     peak = max(totals, default=0.0)
-    yb = LinearScale.nice(0.0, max(peak, 1.0), bottom.bottom, bottom.top, count=4)
-    bottom.y_axis(yb, yb.ticks(4), bars_label)
+    yb = LinearScale.nice(0.0, max(peak, 1.0), bottom.bottom, bottom.top, count=5)
+    bottom.y_axis(yb, yb.ticks(5), bars_label)
     bottom.x_axis(x, x_ticks, x_label, grid=False)
     if mark_at is not None:
         _mark(doc, bottom, x, mark_at, mark_until, first=False)

@@ -98,9 +98,9 @@ def test_time_chart_draws_each_series_stack_and_the_kill():
                   "failed requests"):
         assert label in texts, label
     # Time ticks (labelled once, under the lower panel), log latency ticks
-    # (0.9 to 14 ms), rate ticks (0 to 260/s).
+    # (0.9 to 14 ms), rate ticks (0 to 210/s, rounded up to 250).
     assert _tick_labels(root, "x") == ["0", "0.5", "1", "1.5", "2", "2.5", "3", "3.5", "4"]
-    assert _tick_labels(root, "y") == ["1", "2", "5", "10", "0", "100", "200", "300"]
+    assert _tick_labels(root, "y") == ["1", "2", "5", "10", "0", "50", "100", "150", "200", "250"]
 
 
 def test_time_chart_without_backends_or_values():
