@@ -396,7 +396,6 @@ def time_chart(
         layers.append(("(no header)", "#d3d3d3", rest))
     if not names:
         layers.append(("responses", "#808080", rest or [0.0] * len(starts)))
-    peak = 0.0
     for _, _, values in layers:
         totals = [t + v for t, v in zip(totals, values)]
     peak = max(totals, default=0.0)
