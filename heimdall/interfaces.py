@@ -253,3 +253,33 @@ class ILoadAware(Interface):
         C{member.in_flight} just went up or down by one.  Must be O(1) or
         O(log n) and must not raise.
         """
+
+
+class IRequestRewrite(Interface):
+    """
+    How a route changes a proxied request and its response (see
+    L{heimdall.routing.table}).  The exchange applies it once per client
+    request; every method is cheap, pure (it keeps no per-request state)
+    and never raises.
+    """
+
+    host = Attribute("The Host to send upstream (bytes), or None to send the client's.")
+
+    def path(path):
+        """
+        The path to send upstream (bytes, without the query) for the
+        client's C{path}: prefix stripped and/or added.
+        """
+
+    def request_headers(headers):
+        """
+        The upstream request's headers: C{headers} is a list of C{(name,
+        value)} bytes pairs (hop-by-hop ones already removed); return the
+        list to send (it may be the same list, changed).
+        """
+
+    def response_headers(headers):
+        """
+        Change the client response's L{twisted.web.http_headers.Headers}
+        in place, before the head is sent.
+        """

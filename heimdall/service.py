@@ -5,8 +5,8 @@ health checks and alerts, the manager API on its own port, the spawned
 backends with their supervision and the metrics, started and stopped in
 the right order as one Twisted service.
 
-Each part is built by one small function below (L{build_pool},
-L{build_proxy}, L{build_manager}, ...) from the config's typed values and
+Each part is built by one small function below (L{build_proxy} over the
+services of L{heimdall.routing.services}, L{build_manager}, ...) from the config's typed values and
 the collaborators it needs; L{HeimdallService} calls them in order and
 holds the results.  No logic lives here: what a part does is in its
 package.
@@ -15,11 +15,10 @@ package.
 from __future__ import annotations
 
 import os
-import random as _random
 import signal
 import sys
 import threading
-from typing import Any, Callable, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import attrs
 from twisted.application import service
@@ -28,9 +27,8 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
 from heimdall.clock import maybe_global_reactor
-from heimdall.config.health import RetryBudgetConfig
 from heimdall.config.model import Config, ManagerConfig
-from heimdall.health.wiring import HealthService, build_health
+from heimdall.config.services import DEFAULT_SERVICE
 from heimdall.manager.auth import check_exposure, resolve_token
 from heimdall.manager.readiness import HttpReadyCheck
 from heimdall.manager.servers import ServerManager
@@ -43,10 +41,11 @@ from heimdall.observe.logging import install_on_application, reopen_log_files
 from heimdall.observe.metrics import Metrics, exposition
 from heimdall.pool.pool import BackendPool
 from heimdall.proxy.resource import BalancerResource
-from heimdall.proxy.retry_budget import RetryBudget
 from heimdall.proxy.site import HeimdallSite
 from heimdall.proxy.upstream import UpstreamPool
-from heimdall.strategies.registry import default_registry
+from heimdall.routing.router import Router, Routing
+from heimdall.routing.services import Service, build_services
+from heimdall.routing.table import RouteTable
 
 __all__ = [
     "HeimdallService",
@@ -55,9 +54,7 @@ __all__ = [
     "build_manager",
     "build_manager_site",
     "build_metrics",
-    "build_pool",
     "build_proxy",
-    "build_retry_budget",
     "build_spawner",
     "preflight",
 ]
@@ -100,67 +97,50 @@ def preflight(config: Config, environ: Optional[Mapping[str, str]] = None) -> Pr
 # --- Builders: one part each, from config values and collaborators ------------
 
 
-def build_pool(config: Config, clock: Any) -> BackendPool:
-    """
-    The backend pool with the configured strategy and the pool settings of
-    the C{health} section (panic mode).
-    """
-    strategy = default_registry().create(config.strategy.name, dict(config.strategy.options), _random.Random(), clock)
-    return BackendPool(strategy, clock=clock, panic_mode=config.health.pool.panic_mode)
-
-
-def build_retry_budget(settings: RetryBudgetConfig, clock: Any) -> RetryBudget:
-    """
-    The proxy's retry budget.  Live requests are counted by the proxy
-    (request_started/finished), not summed from the pool's leases: right
-    after a backend dies its failed leases are gone while its requests
-    still need a retry.
-    """
-    return RetryBudget(
-        budget_ratio=settings.percent / 100.0, min_retry_concurrency=settings.min_retry_concurrency, clock=clock
-    )
-
-
 @attrs.frozen
 class Proxy:
     """
-    The data path's parts: upstream connections, the access log (or None),
-    the balancing resource and the site that serves it.
+    The data path's parts: the services (C{default} first), the access
+    log (or None), the router and the site that serves it.
     """
 
-    upstream: UpstreamPool
+    services: Dict[str, Service]
     access_log: Optional[AccessLog]
-    resource: BalancerResource
+    router: Router
     site: HeimdallSite
 
+    @property
+    def default(self) -> Service:
+        return self.services[DEFAULT_SERVICE]
 
-def build_proxy(config: Config, pool: BackendPool, reactor: Any) -> Proxy:
+    @property
+    def resource(self) -> BalancerResource:
+        """
+        The C{default} service's balancing resource.
+        """
+        return self.default.resource
+
+    @property
+    def upstream(self) -> UpstreamPool:
+        return self.default.upstream
+
+
+def build_proxy(config: Config, reactor: Any) -> Proxy:
     """
-    The proxy over C{pool}, with its retry budget, timeouts and limits.
+    The services, the router over them (the config's routes) and the
+    site, with the listener's limits and timeouts.
     """
-    upstream = UpstreamPool(
-        reactor=reactor,
-        connect_timeout=config.timeouts.connect,
-        idle_timeout=config.timeouts.idle_upstream,
-        max_idle_per_backend=config.upstream.max_idle_per_backend,
-    )
     access_log = (
         AccessLog.open(config.access_log.format, config.access_log.path) if config.access_log.enabled else None
     )
-    resource = BalancerResource(
-        pool,
-        upstream,
+    services = build_services(config, reactor, access_log)
+    router = Router(
+        Routing(RouteTable.compile(config.routes), {name: service.resource for name, service in services.items()}),
         clock=reactor,
-        retries=config.retries,
-        response_timeout=config.timeouts.response,
-        max_body_bytes=config.limits.max_body_bytes,
-        trusted_proxies=config.forwarded.trusted_proxies,
-        access_log=access_log,
-        retry_on=config.retry_on,
-        retry_budget=build_retry_budget(config.health.retry_budget, reactor),
+        request_observers=[access_log.observe] if access_log is not None else [],
     )
     site = HeimdallSite(
-        resource,
+        router,
         max_uri_bytes=config.limits.max_uri_bytes,
         max_header_bytes=config.limits.max_header_bytes,
         max_body_bytes=config.limits.max_body_bytes,
@@ -168,7 +148,7 @@ def build_proxy(config: Config, pool: BackendPool, reactor: Any) -> Proxy:
         idle_timeout=config.timeouts.client_idle,
         reactor=reactor,
     )
-    return Proxy(upstream, access_log, resource, site)
+    return Proxy(services, access_log, router, site)
 
 
 def build_spawner(manager_config: ManagerConfig, reactor: Any) -> ServerSpawner:
@@ -210,27 +190,27 @@ def build_manager(
 
 
 def build_metrics(
-    config: Config,
-    pool: BackendPool,
-    proxy: Proxy,
-    spawner: ServerSpawner,
-    health: HealthService,
-    manager: ServerManager,
+    config: Config, proxy: Proxy, spawner: ServerSpawner, manager: ServerManager
 ) -> Tuple[Metrics, Callable[[], None]]:
     """
     Prometheus metrics over every part, and the function that detaches
     them.
     """
     metrics = Metrics(strategy_name=config.strategy.name)
+    default = proxy.default
     detach = metrics.attach(
-        pool,
-        proxy.resource,
-        proxy.upstream,
+        default.pool,
+        default.resource,
+        default.upstream,
         spawner=spawner,
-        alerts=health.alerts,
+        alerts=default.health.alerts,
         supervisor=manager.supervisor,
-        health=health.prober,
+        health=default.health.prober,
+        router=proxy.router,
     )
+    for name, service in proxy.services.items():
+        if name != DEFAULT_SERVICE:
+            metrics.attach_service(name, service.pool, service.resource, service.upstream, service.health.prober)
     return metrics, detach
 
 
@@ -275,25 +255,26 @@ class HeimdallService(service.MultiService):
         self.reactor = reactor
         self.preflight_result = preflight_result if preflight_result is not None else preflight(config)
         self.exit_on_failure = exit_on_failure
-        self.pool = build_pool(config, reactor)
-        # Active checks, outlier detection and alerts.
-        self.health = build_health(config.health, config.alerts, self.pool, reactor, reactor)
-        self.health.setServiceParent(self)
-        proxy = build_proxy(config, self.pool, reactor)
-        self.upstream, self.access_log, self.resource, self.site = (
+        proxy = build_proxy(config, reactor)
+        self.proxy = proxy
+        self.services = proxy.services
+        # The default service's parts, by their names from before services.
+        self.pool, self.health, self.upstream, self.resource = (
+            proxy.default.pool,
+            proxy.default.health,
             proxy.upstream,
-            proxy.access_log,
             proxy.resource,
-            proxy.site,
         )
+        self.access_log, self.router, self.site = proxy.access_log, proxy.router, proxy.site
+        # Active checks, outlier detection and alerts of every service.
+        for service_ in self.services.values():
+            service_.health.setServiceParent(self)
         self.spawner = build_spawner(config.manager, reactor)
         self.manager = build_manager(config, self.pool, self.spawner, reactor, self.preflight_result.state_path)
         # config.json's backends with the state file's changes, at once;
         # managed servers are spawned when the service starts.
         self._to_restore = self.manager.load(self.preflight_result.state)
-        self.metrics, self._detach_metrics = build_metrics(
-            config, self.pool, proxy, self.spawner, self.health, self.manager
-        )
+        self.metrics, self._detach_metrics = build_metrics(config, proxy, self.spawner, self.manager)
         self.manager_resource, self.manager_site = build_manager_site(
             self.manager, self.preflight_result.token, self.metrics, reactor
         )
@@ -407,7 +388,8 @@ class HeimdallService(service.MultiService):
         if self.port is not None:
             yield self.port.stopListening()
             self.port = None
-        yield self.upstream.close_all()
+        for service_ in self.services.values():
+            yield service_.upstream.close_all()
         yield self.spawner.stopService()
         if self.access_log is not None:
             self.access_log.close()

@@ -8,14 +8,16 @@ from twisted.internet.testing import MemoryReactorClock
 
 from heimdall.config.health import RetryBudgetConfig
 from heimdall.config.model import parse_config
-from heimdall.service import build_pool, build_proxy, build_retry_budget
+from heimdall.config.services import default_service
+from heimdall.routing.services import build_pool, build_retry_budget
+from heimdall.service import build_proxy
 
 
 def test_the_pool_gets_its_settings_from_the_health_section():
     config = parse_config({"health": {"panic": "route"}, "strategy": "least_connections"})
-    pool = build_pool(config, MemoryReactorClock())
+    pool = build_pool(default_service(config), MemoryReactorClock())
     assert pool.panic_mode == "route"
-    assert build_pool(parse_config({}), MemoryReactorClock()).panic_mode == "fail"
+    assert build_pool(default_service(parse_config({})), MemoryReactorClock()).panic_mode == "fail"
 
 
 def test_the_retry_budget_is_built_with_the_proxy():
@@ -23,6 +25,46 @@ def test_the_retry_budget_is_built_with_the_proxy():
     budget = build_retry_budget(RetryBudgetConfig(percent=20, min_retry_concurrency=3), reactor)
     assert (budget.budget_ratio, budget.min_retry_concurrency) == (0.2, 3)
     config = parse_config({"health": {"retry_budget": {"min_retry_concurrency": 7}}, "access_log": {"enabled": False}})
-    proxy = build_proxy(config, build_pool(config, reactor), reactor)
+    proxy = build_proxy(config, reactor)
     assert proxy.resource.retry_budget.min_retry_concurrency == 7
-    assert proxy.access_log is None and proxy.site.resource is proxy.resource
+    assert proxy.access_log is None and proxy.site.resource is proxy.router
+    assert proxy.router.routing.services["default"] is proxy.resource
+
+
+def test_each_service_gets_its_own_settings_over_the_top_level_ones():
+    reactor = MemoryReactorClock()
+    config = parse_config(
+        {
+            "access_log": {"enabled": False},
+            "retries": 1,
+            "timeouts": {"connect": "2s", "response": "9s"},
+            "backends": ["http://127.0.0.1:8001"],
+            "services": {
+                "api": {
+                    "backends": ["http://127.0.0.1:8001", {"url": "http://127.0.0.1:8002", "weight": 3}],
+                    "strategy": "least_connections",
+                    "retries": 0,
+                    "retry_on": ["5xx"],
+                    "timeouts": {"response": "1s"},
+                    "upstream": {"max_idle_per_backend": 4},
+                }
+            },
+            "routes": [{"match": {"path_prefix": "/api"}, "service": "api"}],
+        }
+    )
+    proxy = build_proxy(config, reactor)
+    api, default = proxy.services["api"], proxy.default
+    assert list(proxy.services) == ["default", "api"]
+    assert [m.id for m in api.pool.members()] == ["127.0.0.1:8001", "127.0.0.1:8002"]
+    assert api.pool.get("127.0.0.1:8002").backend.weight == 3
+    # The default service's backends are the manager's to load.
+    assert default.pool.members() == []
+    assert type(api.pool.strategy).__name__ != type(default.pool.strategy).__name__
+    assert (api.resource.retries, default.resource.retries) == (0, 1)
+    assert api.resource.retry_on == frozenset({"5xx"}) and default.resource.retry_on == frozenset()
+    assert (api.resource.response_timeout, default.resource.response_timeout) == (1.0, 9.0)
+    assert api.upstream.connect_timeout == 2.0  # merged over the top-level timeouts
+    assert api.upstream.max_idle_per_backend == 4
+    assert api.resource.service == "api" and default.resource.service == "default"
+    assert api.upstream is not default.upstream and api.pool is not default.pool
+    assert api.health.name != default.health.name

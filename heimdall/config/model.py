@@ -36,11 +36,10 @@ not change the config, and nobody can change it through the config.
 
 from __future__ import annotations
 
-from __future__ import annotations
-
 import ipaddress
 import json
 import random
+from types import MappingProxyType
 from typing import Any, Mapping, Optional, Tuple
 
 import attrs
@@ -70,7 +69,7 @@ from heimdall.config.fields import (
     validator,
 )
 from heimdall.config.health import AlertsConfig, HealthConfig, parse_alerts, parse_health
-from heimdall.config.reader import FROM_JSON, entries, join, json_type, loads, structure, suggestion
+from heimdall.config.reader import FROM_JSON, build, entries, join, json_type, loads, structure, suggestion
 from heimdall.errors import ConfigError, UnknownStrategy
 from heimdall.pool.pool import Backend
 from heimdall.proxy.retry_budget import RETRY_ON_CHOICES as RETRY_ON
@@ -367,6 +366,25 @@ def _strategy_from_name(value):
     return StrategyConfig(value) if isinstance(value, str) and value else value
 
 
+def _check_services(instance, attribute, value) -> None:
+    from heimdall.config.services import ServiceConfig, check_service_name
+
+    for name, service in value.items():
+        check_service_name(name, f"services.{name}")
+        if not isinstance(service, ServiceConfig):
+            raise ConfigError(f"services.{name}", "must be a ServiceConfig")
+
+
+def _check_routes(instance, attribute, value) -> None:
+    from heimdall.config.routes import RouteConfig
+
+    if not isinstance(value, tuple):
+        raise ConfigError("routes", "must be a list of routes")
+    for index, route in enumerate(value):
+        if not isinstance(route, RouteConfig):
+            raise ConfigError(f"routes[{index}]", "must be a RouteConfig")
+
+
 @attrs.frozen
 class Config:
     """
@@ -416,11 +434,20 @@ class Config:
         validator=validator(instance_of(AlertsConfig, "an AlertsConfig")),
         metadata={FROM_JSON: lambda value, path: parse_alerts(value, path)},
     )
+    # Read from JSON after the rest (parse_config): a service's sections
+    # are merged over the top-level ones.  See heimdall.config.services.
+    services: Mapping[str, Any] = attrs.field(
+        factory=dict, converter=lambda value: MappingProxyType(dict(value)), validator=_check_services, hash=False
+    )
+    routes: Tuple[Any, ...] = attrs.field(default=(), converter=tuple_from_list, validator=_check_routes)
 
     def __attrs_post_init__(self) -> None:
         # Spawned backends take consecutive ports from manager.base_port.
         if self.spawn > self.manager.port_range:
             raise ConfigError("spawn", f"must not exceed manager.port_range ({self.manager.port_range})")
+        from heimdall.config.routes import check_route_services
+
+        check_route_services(self.routes, ("default",) + tuple(n for n in self.services if n != "default"))
 
     def with_overrides(self, listen: Optional[str] = None, manager_listen: Optional[str] = None) -> "Config":
         """
@@ -550,7 +577,25 @@ def parse_config(data: object, source: str = "config") -> Config:
     """
     if not isinstance(data, Mapping):
         raise ConfigError(source, f"must be a JSON object, not {json_type(data)}")
-    return structure(Config, data, "", also_ignored=("$schema",))
+    from heimdall.config.routes import parse_routes
+    from heimdall.config.services import parse_services
+
+    # services and routes last: a service's sections are merged over the
+    # top-level ones, and routes name services.
+    later = ("services", "routes")
+    config = structure(Config, data, "", also_ignored=("$schema",) + later)
+    duplicates = getattr(data, "duplicate_keys", frozenset())
+    changes = {}
+    for key in later:
+        if key in duplicates:
+            raise ConfigError(key, "duplicate key")
+    if "services" in data:
+        changes["services"] = parse_services(data["services"], "services", config)
+    if "routes" in data:
+        changes["routes"] = parse_routes(data["routes"], "routes")
+    if not changes:
+        return config
+    return build(Config, changes, "", base=config)
 
 
 def load_config(path: str) -> Config:

@@ -4,8 +4,10 @@ dedicated C{twisted.logger} observer (not the global log publisher, which
 would cost every other observer's time on each request).
 
 Fields, in this order (JSON keys as named): C{time} (Unix seconds),
-C{request_id}, C{client}, C{method}, C{path}, C{status}, C{backend}, C{upstream_time}
-and C{total_time} (seconds), C{bytes_in}, C{bytes_out}, C{attempts}.
+C{request_id}, C{client}, C{method}, C{path}, C{status}, C{service} (null
+when heimdall answered itself: a redirect, respond or no route), C{backend},
+C{upstream_time} and C{total_time} (seconds), C{bytes_in}, C{bytes_out},
+C{attempts}.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ FIELDS = (
     "method",
     "path",
     "status",
+    "service",
     "backend",
     "upstream_time",
     "total_time",
@@ -41,16 +44,17 @@ def _text(value) -> str:
 
 def format_text(event) -> Optional[str]:
     """
-    C{client "METHOD path" status bytes_out backend=… upstream=…ms total=…ms}.
+    C{client "METHOD path" status bytes_out service=… backend=… upstream=…ms total=…ms}.
     """
     upstream = event.get("upstream_time")
-    return '{client} "{method} {path}" {status} {bytes_out} backend={backend} upstream={up} total={total:.2f}ms bytes_in={bytes_in} attempts={attempts} id={request_id}\n'.format(
+    return '{client} "{method} {path}" {status} {bytes_out} service={service} backend={backend} upstream={up} total={total:.2f}ms bytes_in={bytes_in} attempts={attempts} id={request_id}\n'.format(
         request_id=_text(event.get("request_id")),
         client=_text(event.get("client")),
         method=_text(event.get("method")),
         path=_text(event.get("path")),
         status=event.get("status"),
         bytes_out=event.get("bytes_out", 0),
+        service=_text(event.get("service")),
         backend=_text(event.get("backend")),
         up="-" if upstream is None else "%.2fms" % (upstream * 1000),
         total=event.get("total_time", 0.0) * 1000,
@@ -136,6 +140,7 @@ class AccessLog:
             method=record.method,
             path=record.path,
             status=record.status,
+            service=getattr(record, "service", None),
             backend=record.backend,
             upstream_time=record.upstream_time,
             total_time=record.total_time,

@@ -2,13 +2,10 @@
 Prometheus metrics for heimdall, and a native twisted.web resource that
 serves them.
 
-Wiring, in one call::
-
-    metrics = Metrics(strategy_name=config.strategy.name)
-    detach = metrics.attach(pool, resource, upstream, spawner=spawner,
-                            supervisor=manager.supervisor, alerts=dispatcher,
-                            health=prober)
-    manager_root.putChild(b"metrics", MetricsResource(metrics.registry))
+Wiring: C{detach = metrics.attach(pool, resource, upstream, spawner=...,
+supervisor=..., alerts=..., health=..., router=...)} for the C{default}
+service, C{metrics.attach_service(name, pool, resource, upstream, health)}
+for each other; the manager serves L{exposition} at C{/metrics}.
 
 Design: the data path only does plain Python arithmetic on small dicts and
 lists (one observer call per client request, one per upstream attempt);
@@ -19,39 +16,40 @@ collector turns the numbers into C{prometheus_client} metric families, so
 types, names and the text/OpenMetrics exposition are C{prometheus_client}'s.
 Everything runs in the reactor thread, so nothing needs a lock.
 
-Label cardinality is bounded: labels are the backend id (pool members
-only; a removed backend's series are dropped), the method (the nine
+Label cardinality is bounded: labels are the service and the backend id
+(pool members only; a removed backend's series are dropped; a request
+heimdall answered itself has C{service="none", backend="none"}), the method (the nine
 standard methods, anything else is C{OTHER}), the status class (C{2xx}),
 and small fixed sets of reasons and states.  Never the path or the client.
 
 The metrics (every counter ends in C{_total} in the exposition)::
 
-    heimdall_requests_total{backend,method,code}         client requests by status class
-    heimdall_requests_in_flight{backend}                  upstream requests in progress
-    heimdall_request_duration_seconds{backend}           histogram: client-side total time
-    heimdall_upstream_ttfb_seconds{backend}              histogram: upstream time to first byte
-    heimdall_request_bytes_total{backend}                request body bytes received
-    heimdall_response_bytes_total{backend}               response body bytes sent
+    heimdall_requests_total{service,backend,method,code}         client requests by status class
+    heimdall_requests_in_flight{service,backend}                  upstream requests in progress
+    heimdall_request_duration_seconds{service,backend}           histogram: client-side total time
+    heimdall_upstream_ttfb_seconds{service,backend}              histogram: upstream time to first byte
+    heimdall_request_bytes_total{service,backend}                request body bytes received
+    heimdall_response_bytes_total{service,backend}               response body bytes sent
     heimdall_retries_total{reason}                       requests re-sent to another backend
-    heimdall_upstream_failures_total{backend,reason}     failed upstream attempts by kind
+    heimdall_upstream_failures_total{service,backend,reason}     failed upstream attempts by kind
     heimdall_upstream_connections_opened_total           new upstream connections
     heimdall_upstream_connections_reused_total           requests sent on a pooled connection
     heimdall_upstream_connect_failures_total             connects that failed
-    heimdall_upstream_idle_connections{backend}          pooled idle connections
-    heimdall_backend_health{backend,state}               1 for the current state (unknown/up/down)
-    heimdall_backend_admin_state{backend,state}          1 for the current state (ready/draining/maintenance)
-    heimdall_backend_eligible{backend}                   1 if it may get new requests
-    heimdall_backend_ejected{backend}                    1 while outlier detection has it ejected
-    heimdall_backend_weight{backend}                     configured weight
-    heimdall_backend_effective_weight{backend}           weight now (less during slow start)
-    heimdall_backend_transitions_total{backend,to}       health transitions to up / down
-    heimdall_backend_ejections_total{backend}            passive (outlier detection) ejections
-    heimdall_backend_last_check_success{backend}         1/0: the last active check passed
-    heimdall_backend_last_check_latency_seconds{backend} the last active check's duration
-    heimdall_health_checks_total{backend,result}         active checks, success/failure (needs a feed)
-    heimdall_pool_backends                               backends in the pool
-    heimdall_pool_backends_eligible                      of which eligible
-    heimdall_pool_panic                                  1 while routing in panic mode
+    heimdall_upstream_idle_connections{service,backend}          pooled idle connections
+    heimdall_backend_health{service,backend,state}               1 for the current state (unknown/up/down)
+    heimdall_backend_admin_state{service,backend,state}          1 for the current state (ready/draining/maintenance)
+    heimdall_backend_eligible{service,backend}                   1 if it may get new requests
+    heimdall_backend_ejected{service,backend}                    1 while outlier detection has it ejected
+    heimdall_backend_weight{service,backend}                     configured weight
+    heimdall_backend_effective_weight{service,backend}           weight now (less during slow start)
+    heimdall_backend_transitions_total{service,backend,to}       health transitions to up / down
+    heimdall_backend_ejections_total{service,backend}            passive (outlier detection) ejections
+    heimdall_backend_last_check_success{service,backend}         1/0: the last active check passed
+    heimdall_backend_last_check_latency_seconds{service,backend} the last active check's duration
+    heimdall_health_checks_total{service,backend,result}         active checks, success/failure (needs a feed)
+    heimdall_pool_backends{service}                      backends in the pool
+    heimdall_pool_backends_eligible{service}             of which eligible
+    heimdall_pool_panic{service}                         1 while routing in panic mode
     heimdall_pool_events_total{event}                    added/removed/up/down/ejected/returned/...
     heimdall_spawned_processes                           spawned backend processes running
     heimdall_spawned_process_exits_total                 spawned processes that exited on their own
@@ -78,9 +76,8 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     InfoMetricFamily,
 )
-from prometheus_client.exposition import choose_encoder
-from twisted.web.resource import Resource
 
+from heimdall.observe.exposition import MetricsResource, exposition
 from heimdall.pool.values import EventKind, FailureKind
 from heimdall.proxy.exchange import STALE
 
@@ -88,6 +85,7 @@ __all__ = [
     "DURATION_BUCKETS",
     "Metrics",
     "MetricsResource",
+    "exposition",
 ]
 
 #: Histogram buckets (seconds): 100 µs to 10 s, about 2.5 per decade, so
@@ -218,7 +216,8 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.strategy_name = strategy_name
         self.buckets = tuple(sorted(float(b) for b in buckets))
-        self._stats: Dict[str, _Stats] = {}
+        # (service, backend id) -> numbers.
+        self._stats: Dict[Tuple[str, str], _Stats] = {}
         # Member -> _Stats: outcomes arrive with the Member, whose .id
         # builds a string on every call.
         self._member_stats: Dict[Any, _Stats] = {}
@@ -228,7 +227,8 @@ class Metrics:
         self._supervision: Dict[str, int] = {}
         self._spawned_exits = 0
         self._pool = None
-        self._upstream = None
+        # service name -> (pool, upstream), default first.
+        self._services: Dict[str, Tuple[Any, Any]] = {}
         self._spawner = None
         self._alert_dispatcher = None
         self._build_info = _build_info()
@@ -250,6 +250,8 @@ class Metrics:
         alerts=None,
         supervisor=None,
         health=None,
+        service: str = "default",
+        router=None,
     ) -> Callable[[], None]:
         """
         Subscribe to everything heimdall reports, and remember what to read
@@ -270,21 +272,19 @@ class Metrics:
             its events (restarts).
         @param health: the L{heimdall.health.active.HealthProber}: its
             C{subscribe_checks}, one call per active check.
-        @return: a function that undoes all of it.
+        @param service: the name of the service C{pool} is (the C{service}
+            label); more services join with L{attach_service}.
+        @param router: a L{heimdall.routing.router.Router}: the requests it
+            answers itself.
+        @return: a function that undoes all of it (services included).
         """
         if self._pool is not None:
             raise RuntimeError("these Metrics are attached already; detach first")
         undo: List[Callable[[], None]] = []
         self._pool = pool
-        undo.append(pool.subscribe(self.observe_pool_event))
-        undo.append(pool.subscribe_outcomes(self.observe_outcome))
-        if resource is not None:
-            observers = resource.request_observers
-            observers.append(self.observe_request)
-            undo.append(lambda: observers.remove(self.observe_request))
-            if upstream is None:
-                upstream = getattr(resource, "upstream", None)
-        self._upstream = upstream
+        undo.append(self.attach_service(service, pool, resource, upstream, health))
+        if router is not None:
+            self._observe(router, undo)
         if spawner is not None:
             self._spawner = spawner
             spawner.subscribe_exit(self.observe_spawned_exit)
@@ -293,19 +293,45 @@ class Metrics:
             undo.append(supervisor.subscribe(self.observe_supervision))
         if alerts is not None:
             self._alert_dispatcher = alerts
-        if health is not None:
-            undo.append(health.subscribe_checks(self.observe_check))
 
         def detach() -> None:
-            while undo:
-                try:
-                    undo.pop()()
-                except ValueError:
-                    pass  # already removed
-            self._pool = self._upstream = self._spawner = self._alert_dispatcher = None
+            _undo_all(undo)
+            self._pool = self._spawner = self._alert_dispatcher = None
+            self._services.clear()
             self._member_stats.clear()
 
         return detach
+
+    def attach_service(self, name: str, pool, resource=None, upstream=None, health=None) -> Callable[[], None]:
+        """
+        Count service C{name} too: its C{pool}'s events and outcomes, its
+        C{resource}'s requests, its C{upstream} connections and its
+        C{health} prober's checks, labelled C{service=name}.  Returns a
+        function that undoes it (the counters seen so far stay).
+        """
+        if name in self._services:
+            raise RuntimeError(f"service {name!r} is attached already")
+        undo: List[Callable[[], None]] = []
+        undo.append(pool.subscribe(lambda event: self.observe_pool_event(event, name)))
+        undo.append(pool.subscribe_outcomes(lambda member, outcome: self.observe_outcome(member, outcome, name)))
+        if resource is not None:
+            self._observe(resource, undo)
+            if upstream is None:
+                upstream = getattr(resource, "upstream", None)
+        if health is not None:
+            undo.append(health.subscribe_checks(lambda backend_id, result: self.observe_check(backend_id, result, name)))
+        self._services[name] = (pool, upstream)
+
+        def detach() -> None:
+            _undo_all(undo)
+            self._services.pop(name, None)
+
+        return detach
+
+    def _observe(self, resource, undo: List[Callable[[], None]]) -> None:
+        observers = resource.request_observers
+        observers.append(self.observe_request)
+        undo.append(lambda: observers.remove(self.observe_request))
 
     def set_strategy(self, name: str) -> None:
         """
@@ -315,7 +341,7 @@ class Metrics:
 
     # -- the data path ----------------------------------------------------------
 
-    def _new_stats(self, key: str) -> _Stats:
+    def _new_stats(self, key: Tuple[str, str]) -> _Stats:
         stats = self._stats[key] = _Stats(len(self.buckets))
         return stats
 
@@ -324,9 +350,10 @@ class Metrics:
         A L{heimdall.proxy.exchange.RequestRecord}: one client request ended.
         """
         backend = record.backend
-        stats = self._stats.get(backend if backend is not None else _NONE)
+        key = (getattr(record, "service", None) or _NONE, backend if backend is not None else _NONE)
+        stats = self._stats.get(key)
         if stats is None:
-            stats = self._new_stats(backend if backend is not None else _NONE)
+            stats = self._new_stats(key)
         key = _METHOD_CODE.get(record.method, 0) + record.status // 100
         requests = stats.requests
         requests[key] = requests.get(key, 0) + 1
@@ -347,13 +374,13 @@ class Metrics:
         for reason in reasons:
             retries[reason] = retries.get(reason, 0) + 1
 
-    def observe_outcome(self, member, outcome) -> None:
+    def observe_outcome(self, member, outcome, service: str = "default") -> None:
         """
         One upstream attempt ended (a released lease).
         """
         stats = self._member_stats.get(member)
         if stats is None:
-            key = member.id
+            key = (service, member.id)
             stats = self._stats.get(key) or self._new_stats(key)
             self._member_stats[member] = stats
         ttfb = outcome.ttfb
@@ -370,42 +397,45 @@ class Metrics:
 
     # -- events -----------------------------------------------------------------
 
-    def observe_pool_event(self, event) -> None:
+    def observe_pool_event(self, event, service: str = "default") -> None:
         kind = event.kind
         self._pool_events[kind] = self._pool_events.get(kind, 0) + 1
         backend_id = event.backend_id
+        key = (service, backend_id)
         if (kind is EventKind.UP or kind is EventKind.DOWN) and backend_id:
-            stats = self._stats.get(backend_id) or self._new_stats(backend_id)
+            stats = self._stats.get(key) or self._new_stats(key)
             stats.transitions[kind] = stats.transitions.get(kind, 0) + 1
         elif kind is EventKind.EJECTED and backend_id:
-            self.record_ejection(backend_id)
+            self.record_ejection(backend_id, service)
         elif kind is EventKind.REMOVED and backend_id:
             # Bounded cardinality: a removed backend's series go with it.
-            self._stats.pop(backend_id, None)
-            for member in [m for m in self._member_stats if m.id == backend_id]:
+            stats = self._stats.pop(key, None)
+            for member in [m for m, s in self._member_stats.items() if s is stats]:
                 del self._member_stats[member]
 
-    def observe_check(self, backend_id: str, result) -> None:
+    def observe_check(self, backend_id: str, result, service: str = "default") -> None:
         """
         An active health check's L{CheckResult} (the prober's
         C{subscribe_checks}).
         """
-        self.record_health_check(backend_id, result.ok)
+        self.record_health_check(backend_id, result.ok, service)
 
-    def record_health_check(self, backend_id: str, ok: bool) -> None:
+    def record_health_check(self, backend_id: str, ok: bool, service: str = "default") -> None:
         """
         An active health check of C{backend_id} succeeded or failed (for
         the health checker to call, once per probe).
         """
-        stats = self._stats.get(backend_id) or self._new_stats(backend_id)
+        key = (service, backend_id)
+        stats = self._stats.get(key) or self._new_stats(key)
         result = "success" if ok else "failure"
         stats.checks[result] = stats.checks.get(result, 0) + 1
 
-    def record_ejection(self, backend_id: str) -> None:
+    def record_ejection(self, backend_id: str, service: str = "default") -> None:
         """
         Outlier detection ejected C{backend_id} (passive health).
         """
-        stats = self._stats.get(backend_id) or self._new_stats(backend_id)
+        key = (service, backend_id)
+        stats = self._stats.get(key) or self._new_stats(key)
         stats.ejections += 1
 
     def record_alert_delivery(self, channel: str, ok: bool) -> None:
@@ -439,74 +469,79 @@ class Metrics:
         return list(self.collect())
 
     def collect(self) -> Iterable:
-        pool = self._pool
-        members = pool.members() if pool is not None else []
-        live_ids = {m.id for m in members}
+        # (service, member) pairs, by service then backend id.
+        members = [
+            (name, member)
+            for name, (pool, _) in self._services.items()
+            for member in sorted(pool.members(), key=lambda m: m.id)
+        ]
+        live_ids = {(name, m.id) for name, m in members}
         yield from self._collect_requests(live_ids)
         yield from self._collect_backends(members)
         yield from self._collect_upstream(members)
         yield from self._collect_spawner()
-        yield from self._collect_misc(pool, members)
+        yield from self._collect_misc(members)
 
-    def _labelled(self) -> List[Tuple[str, _Stats]]:
+    def _labelled(self) -> List[Tuple[Tuple[str, str], _Stats]]:
         return sorted(self._stats.items())
 
     def _collect_requests(self, live_ids) -> Iterable:
         requests = CounterMetricFamily(
             "heimdall_requests", "Client requests, by backend, method and status class.",
-            labels=["backend", "method", "code"],
+            labels=["service", "backend", "method", "code"],
         )
         duration = HistogramMetricFamily(
             "heimdall_request_duration_seconds",
             "Client request duration, from the request reaching heimdall to its end.",
-            labels=["backend"],
+            labels=["service", "backend"],
         )
         ttfb = HistogramMetricFamily(
             "heimdall_upstream_ttfb_seconds",
             "Upstream time to first byte: request sent to response head received.",
-            labels=["backend"],
+            labels=["service", "backend"],
         )
         bytes_in = CounterMetricFamily(
-            "heimdall_request_bytes", "Request body bytes received from clients.", labels=["backend"]
+            "heimdall_request_bytes", "Request body bytes received from clients.", labels=["service", "backend"]
         )
         bytes_out = CounterMetricFamily(
-            "heimdall_response_bytes", "Response body bytes sent to clients.", labels=["backend"]
+            "heimdall_response_bytes", "Response body bytes sent to clients.", labels=["service", "backend"]
         )
         failures = CounterMetricFamily(
             "heimdall_upstream_failures",
             "Upstream attempts that failed, by kind (stale: a pooled "
             "connection the backend had closed; retried, not held against it).",
-            labels=["backend", "reason"],
+            labels=["service", "backend", "reason"],
         )
         checks = CounterMetricFamily(
-            "heimdall_health_checks", "Active health check results.", labels=["backend", "result"]
+            "heimdall_health_checks", "Active health check results.", labels=["service", "backend", "result"]
         )
         ejections = CounterMetricFamily(
-            "heimdall_backend_ejections", "Passive (outlier detection) ejections.", labels=["backend"]
+            "heimdall_backend_ejections", "Passive (outlier detection) ejections.", labels=["service", "backend"]
         )
         transitions = CounterMetricFamily(
-            "heimdall_backend_transitions", "Health transitions, by new state.", labels=["backend", "to"]
+            "heimdall_backend_transitions", "Health transitions, by new state.", labels=["service", "backend", "to"]
         )
         bounds = self.buckets
-        for backend, stats in self._labelled():
-            for key, count in sorted(stats.requests.items()):
-                method = _CODE_METHOD.get(key - key % 10, "OTHER")
-                requests.add_metric([backend, method, f"{key % 10}xx"], count)
-            if backend in live_ids or stats.requests:
-                duration.add_metric([backend], _cumulative(stats.duration_counts, bounds), stats.duration_sum)
-                bytes_in.add_metric([backend], stats.bytes_in)
-                bytes_out.add_metric([backend], stats.bytes_out)
+        for key, stats in self._labelled():
+            service, backend = key
+            for code, count in sorted(stats.requests.items()):
+                method = _CODE_METHOD.get(code - code % 10, "OTHER")
+                requests.add_metric([service, backend, method, f"{code % 10}xx"], count)
+            if key in live_ids or stats.requests:
+                duration.add_metric([service, backend], _cumulative(stats.duration_counts, bounds), stats.duration_sum)
+                bytes_in.add_metric([service, backend], stats.bytes_in)
+                bytes_out.add_metric([service, backend], stats.bytes_out)
             if backend != _NONE:
-                ttfb.add_metric([backend], _cumulative(stats.ttfb_counts, bounds), stats.ttfb_sum)
+                ttfb.add_metric([service, backend], _cumulative(stats.ttfb_counts, bounds), stats.ttfb_sum)
                 for reason in _FAILURE_REASONS + (STALE,):
-                    failures.add_metric([backend, reason], stats.failures.get(reason, 0))
+                    failures.add_metric([service, backend, reason], stats.failures.get(reason, 0))
                 for reason in sorted(set(stats.failures) - set(_FAILURE_REASONS) - {STALE}):
-                    failures.add_metric([backend, reason], stats.failures[reason])
+                    failures.add_metric([service, backend, reason], stats.failures[reason])
                 for result in ("success", "failure"):
-                    checks.add_metric([backend, result], stats.checks.get(result, 0))
-                ejections.add_metric([backend], stats.ejections)
+                    checks.add_metric([service, backend, result], stats.checks.get(result, 0))
+                ejections.add_metric([service, backend], stats.ejections)
                 for to in _HEALTH_TRANSITIONS:
-                    transitions.add_metric([backend, to], stats.transitions.get(to, 0))
+                    transitions.add_metric([service, backend, to], stats.transitions.get(to, 0))
         retries = CounterMetricFamily(
             "heimdall_retries", "Requests re-sent to another backend, by the reason for the retry.",
             labels=["reason"],
@@ -517,55 +552,55 @@ class Metrics:
 
     def _collect_backends(self, members) -> Iterable:
         in_flight = GaugeMetricFamily(
-            "heimdall_requests_in_flight", "Upstream requests in progress.", labels=["backend"]
+            "heimdall_requests_in_flight", "Upstream requests in progress.", labels=["service", "backend"]
         )
         health = GaugeMetricFamily(
-            "heimdall_backend_health", "1 for the backend's current health state.", labels=["backend", "state"]
+            "heimdall_backend_health", "1 for the backend's current health state.", labels=["service", "backend", "state"]
         )
         admin = GaugeMetricFamily(
-            "heimdall_backend_admin_state", "1 for the backend's current admin state.", labels=["backend", "state"]
+            "heimdall_backend_admin_state", "1 for the backend's current admin state.", labels=["service", "backend", "state"]
         )
         eligible = GaugeMetricFamily(
-            "heimdall_backend_eligible", "1 if the backend may get new requests.", labels=["backend"]
+            "heimdall_backend_eligible", "1 if the backend may get new requests.", labels=["service", "backend"]
         )
-        weight = GaugeMetricFamily("heimdall_backend_weight", "Configured weight.", labels=["backend"])
+        weight = GaugeMetricFamily("heimdall_backend_weight", "Configured weight.", labels=["service", "backend"])
         effective = GaugeMetricFamily(
             "heimdall_backend_effective_weight", "Weight in use now (below the configured one during slow start).",
-            labels=["backend"],
+            labels=["service", "backend"],
         )
         ejected = GaugeMetricFamily(
-            "heimdall_backend_ejected", "1 while outlier detection has the backend ejected.", labels=["backend"]
+            "heimdall_backend_ejected", "1 while outlier detection has the backend ejected.", labels=["service", "backend"]
         )
         check_ok = GaugeMetricFamily(
             "heimdall_backend_last_check_success", "1 if the last active health check passed, 0 if it failed.",
-            labels=["backend"],
+            labels=["service", "backend"],
         )
         check_latency = GaugeMetricFamily(
             "heimdall_backend_last_check_latency_seconds", "How long the last active health check took.",
-            labels=["backend"],
+            labels=["service", "backend"],
         )
         from heimdall.pool.pool import is_eligible
         from heimdall.pool.values import AdminState, Health
 
-        for member in sorted(members, key=lambda m: m.id):
-            backend = member.id
-            in_flight.add_metric([backend], member.in_flight)
+        for service, member in members:
+            labels = [service, member.id]
+            in_flight.add_metric(labels, member.in_flight)
             for state in Health:
-                health.add_metric([backend, state.value], 1 if member.health is state else 0)
+                health.add_metric(labels + [state.value], 1 if member.health is state else 0)
             for state in AdminState:
-                admin.add_metric([backend, state.value], 1 if member.admin is state else 0)
-            eligible.add_metric([backend], 1 if is_eligible(member) else 0)
-            weight.add_metric([backend], member.backend.weight)
-            effective.add_metric([backend], member.weight)
-            ejected.add_metric([backend], 1 if getattr(member, "ejected_at", None) is not None else 0)
+                admin.add_metric(labels + [state.value], 1 if member.admin is state else 0)
+            eligible.add_metric(labels, 1 if is_eligible(member) else 0)
+            weight.add_metric(labels, member.backend.weight)
+            effective.add_metric(labels, member.weight)
+            ejected.add_metric(labels, 1 if getattr(member, "ejected_at", None) is not None else 0)
             last_check = getattr(member, "last_check", None)
             if last_check is not None:
-                check_ok.add_metric([backend], 1 if last_check.ok else 0)
-                check_latency.add_metric([backend], last_check.latency)
+                check_ok.add_metric(labels, 1 if last_check.ok else 0)
+                check_latency.add_metric(labels, last_check.latency)
         return [in_flight, health, admin, eligible, ejected, weight, effective, check_ok, check_latency]
 
     def _collect_upstream(self, members) -> Iterable:
-        upstream = self._upstream
+        upstreams = [upstream for _, upstream in self._services.values() if upstream is not None]
         opened = CounterMetricFamily("heimdall_upstream_connections_opened", "New upstream connections established.")
         reused = CounterMetricFamily(
             "heimdall_upstream_connections_reused", "Upstream requests sent on a pooled keep-alive connection."
@@ -574,14 +609,15 @@ class Metrics:
             "heimdall_upstream_connect_failures", "Upstream connection attempts that failed."
         )
         idle = GaugeMetricFamily(
-            "heimdall_upstream_idle_connections", "Pooled idle upstream connections.", labels=["backend"]
+            "heimdall_upstream_idle_connections", "Pooled idle upstream connections.", labels=["service", "backend"]
         )
-        opened.add_metric([], getattr(upstream, "opened", 0))
-        reused.add_metric([], getattr(upstream, "reused", 0))
-        connect_failures.add_metric([], getattr(upstream, "connect_failures", 0))
-        if upstream is not None:
-            for member in sorted(members, key=lambda m: m.id):
-                idle.add_metric([member.id], upstream.idle_count(member.id))
+        opened.add_metric([], sum(getattr(upstream, "opened", 0) for upstream in upstreams))
+        reused.add_metric([], sum(getattr(upstream, "reused", 0) for upstream in upstreams))
+        connect_failures.add_metric([], sum(getattr(upstream, "connect_failures", 0) for upstream in upstreams))
+        for service, member in members:
+            upstream = self._services[service][1]
+            if upstream is not None:
+                idle.add_metric([service, member.id], upstream.idle_count(member.id))
         return [opened, reused, connect_failures, idle]
 
     def _collect_spawner(self) -> Iterable:
@@ -604,15 +640,23 @@ class Metrics:
             supervision.add_metric([kind], self._supervision.get(kind, 0))
         return [processes, exits, restarts, supervision]
 
-    def _collect_misc(self, pool, members) -> Iterable:
+    def _collect_misc(self, members) -> Iterable:
         from heimdall.pool.pool import is_eligible
 
-        backends = GaugeMetricFamily("heimdall_pool_backends", "Backends in the pool.")
-        backends.add_metric([], len(members))
-        eligible = GaugeMetricFamily("heimdall_pool_backends_eligible", "Backends that may get new requests.")
-        eligible.add_metric([], sum(1 for m in members if is_eligible(m)))
-        panic = GaugeMetricFamily("heimdall_pool_panic", "1 while no backend is eligible and panic mode routes anyway.")
-        panic.add_metric([], 1 if pool is not None and getattr(pool, "in_panic", False) else 0)
+        pool = self._pool
+        labels = ["service"]
+        backends = GaugeMetricFamily("heimdall_pool_backends", "Backends in the pool.", labels=labels)
+        eligible = GaugeMetricFamily(
+            "heimdall_pool_backends_eligible", "Backends that may get new requests.", labels=labels
+        )
+        panic = GaugeMetricFamily(
+            "heimdall_pool_panic", "1 while no backend is eligible and panic mode routes anyway.", labels=labels
+        )
+        for service, (service_pool, _) in self._services.items():
+            in_service = [m for name, m in members if name == service]
+            backends.add_metric([service], len(in_service))
+            eligible.add_metric([service], sum(1 for m in in_service if is_eligible(m)))
+            panic.add_metric([service], 1 if getattr(service_pool, "in_panic", False) else 0)
         events = CounterMetricFamily("heimdall_pool_events", "Pool events by kind.", labels=["event"])
         for kind in _POOL_EVENTS + tuple(sorted(set(self._pool_events) - set(_POOL_EVENTS))):
             events.add_metric([kind], self._pool_events.get(kind, 0))
@@ -644,47 +688,9 @@ class Metrics:
         return [backends, eligible, panic, events, sent, suppressed, alerts, strategy_info, build]
 
 
-def exposition(registry: CollectorRegistry) -> Callable[[str], Tuple[bytes, str]]:
-    """
-    C{render(accept) -> (body, content_type)} for C{registry}: the
-    Prometheus text format, or OpenMetrics when C{accept} asks for it.
-    What the manager serves at C{/metrics}.
-    """
-
-    def render(accept: str) -> Tuple[bytes, str]:
-        encoder, content_type = choose_encoder(accept)
-        return encoder(registry), content_type
-
-    return render
-
-
-class MetricsResource(Resource):
-    """
-    C{GET /metrics}: the registry in the Prometheus text format, or
-    OpenMetrics when the scraper asks for it (C{Accept}).  Rendered in the
-    reactor thread: a scrape takes well under a millisecond for a few dozen
-    backends, less than handing it to a thread pool would.  C{?name[]=x}
-    restricts the output to the named metrics, as prometheus_client's own
-    servers do.
-    """
-
-    isLeaf = True
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        super().__init__()
-        self.registry = registry
-
-    def render_GET(self, request) -> bytes:
-        accept = request.getHeader(b"accept")
-        encoder, content_type = choose_encoder(accept.decode("latin-1") if accept else "")
-        registry = self.registry
-        names = request.args.get(b"name[]")
-        if names:
-            registry = registry.restricted_registry([n.decode("utf-8", "replace") for n in names])
-        body = encoder(registry)
-        request.setHeader(b"Content-Type", content_type.encode("ascii"))
-        request.setHeader(b"Cache-Control", b"no-store")
-        return body
-
-    def render_HEAD(self, request) -> bytes:
-        return self.render_GET(request)
+def _undo_all(undo: List[Callable[[], None]]) -> None:
+    while undo:
+        try:
+            undo.pop()()
+        except ValueError:
+            pass  # already removed

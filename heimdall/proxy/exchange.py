@@ -24,7 +24,7 @@ from heimdall.proxy.body import RequestBody
 from heimdall.proxy.headers import HOP_BY_HOP, connection_tokens, upstream_request_headers
 from heimdall.proxy.site import HeimdallRequest
 
-__all__ = ["IDEMPOTENT_METHODS", "ProxyExchange", "RequestRecord", "STALE", "response_headers"]
+__all__ = ["IDEMPOTENT_METHODS", "ProxyExchange", "RequestRecord", "STALE", "response_headers", "upstream_target"]
 
 _log = Logger()
 
@@ -83,6 +83,9 @@ class RequestRecord:
     ttfb: Optional[float] = None
     retry_reasons: tuple = ()
     request_id: Optional[str] = None
+    #: The service that served it; None when heimdall answered itself
+    #: (a redirect or respond route, or no route).
+    service: Optional[str] = None
 
 
 _REQUEST_ID_CHARS = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
@@ -99,10 +102,11 @@ def _request_id(incoming: Optional[bytes]) -> tuple:
     return os.urandom(16).hex().encode("ascii"), True
 
 
-def _upstream_target(request, prefix: bytes) -> tuple:
+def upstream_target(request, prefix: bytes = b"", rewrite=None) -> tuple:
     """
-    The path (raw, as the client sent it, minus the mount point) and query
-    to send upstream.
+    The path (raw, as the client sent it, minus the mount point, changed
+    by C{rewrite} if given, then after C{prefix}) and query to send
+    upstream.
     """
     uri = request.uri
     path, _, query = uri.partition(b"?")
@@ -116,6 +120,8 @@ def _upstream_target(request, prefix: bytes) -> tuple:
     if consumed:
         segments = path.split(b"/")
         path = b"/" + b"/".join(segments[1 + consumed :])
+    if rewrite is not None:
+        path = rewrite.path(path)
     if prefix:
         path = prefix + path
     return path, query
@@ -171,9 +177,11 @@ class ProxyExchange:
     connection for the current attempt and releases both exactly once.
     """
 
-    def __init__(self, resource, request) -> None:
+    def __init__(self, resource, request, rewrite=None) -> None:
         self.resource = resource
         self.request = request
+        # An IRequestRewrite (a route's), or None.
+        self.rewrite = rewrite
         self.clock = resource.clock
         self.started_at = self.clock.seconds()
         self.attempts = 0
@@ -219,7 +227,8 @@ class ProxyExchange:
                     self._respond_error(413, "request body too large")
                     return
                 self.body = RequestBody.from_content(request.content)
-        path, query = _upstream_target(request, resource.path_prefix)
+        rewrite = self.rewrite
+        path, query = upstream_target(request, resource.path_prefix, rewrite)
         self.target = path + b"?" + query if query else path
         self.context = RequestContext.from_request(request, path, query)
         self.host = request.getHeader(b"host")
@@ -230,6 +239,10 @@ class ProxyExchange:
             request.clientproto,
             resource.trusted_proxies,
         )
+        if rewrite is not None:
+            if rewrite.host is not None:
+                self.host = rewrite.host
+            self.headers = rewrite.request_headers(self.headers)
         self.request_id = _request_id(request.getHeader(b"x-request-id"))
         if self.request_id is not None and self.request_id[1]:
             self.headers.append((b"X-Request-ID", self.request_id[0]))
@@ -329,6 +342,8 @@ class ProxyExchange:
         request.responseHeaders = response_headers(headers)
         if self.request_id is not None:
             request.responseHeaders._rawHeaders[b"X-Request-Id"] = [self.request_id[0]]
+        if self.rewrite is not None:
+            self.rewrite.response_headers(request.responseHeaders)
         strategy = self.resource.pool.strategy
         if IResponseObserver.providedBy(strategy):
             strategy.response_started(self.context, self.member, request)
@@ -515,6 +530,7 @@ class ProxyExchange:
             ttfb=self.ttfb,
             retry_reasons=tuple(self.retry_reasons),
             request_id=self.request_id[0].decode("ascii") if self.request_id is not None else None,
+            service=self.resource.service,
         )
         for observer in observers:
             try:

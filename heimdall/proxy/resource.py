@@ -87,8 +87,11 @@ class BalancerResource(ReverseProxyResource):
         request_observers: Sequence = (),
         retry_on: Sequence[str] = (),
         retry_budget=None,
+        service: str = "default",
     ) -> None:
         """
+        @param service: the name of the service it serves, for the access
+            log and metrics.
         @param clock: times requests (the global reactor by default).
         @param reactor: connects to the backends when no C{upstream} is
             given (by default the C{clock}, which is then the reactor).
@@ -99,6 +102,7 @@ class BalancerResource(ReverseProxyResource):
         # (its reactor is the upstream pool's: a property).
         self.host, self.port, self.path = "", 0, path_prefix
         self.pool = pool
+        self.service = service
         if upstream is None:
             upstream = UpstreamPool(reactor=reactor if reactor is not None else self.clock)
         self.upstream = upstream
@@ -140,4 +144,13 @@ class BalancerResource(ReverseProxyResource):
 
     def render(self, request):
         ProxyExchange(self, request).start()
+        return NOT_DONE_YET
+
+    def serve(self, request, rewrite=None):
+        """
+        Proxy C{request}, changed by C{rewrite} (an
+        L{heimdall.interfaces.IRequestRewrite}, a route's) if given: what a
+        router calls.  Returns C{NOT_DONE_YET}, as C{render} does.
+        """
+        ProxyExchange(self, request, rewrite).start()
         return NOT_DONE_YET

@@ -1,0 +1,126 @@
+"""
+The running services: one L{Service} per configured service, each with its
+own pool and strategy, upstream connections, health checks, retry budget
+and balancing resource, built by L{build_service} from a resolved
+L{heimdall.config.services.ServiceConfig}.
+
+Services are plain objects handed to whoever needs them (the router, the
+manager, metrics); nothing here is global.
+"""
+
+from __future__ import annotations
+
+import random as _random
+from typing import Any, Dict, Optional
+
+import attrs
+
+from heimdall.config.health import RetryBudgetConfig
+from heimdall.config.model import Config
+from heimdall.config.services import DEFAULT_SERVICE, ServiceConfig, service_configs
+from heimdall.health.wiring import HealthService, build_health
+from heimdall.pool.pool import BackendPool
+from heimdall.proxy.resource import BalancerResource
+from heimdall.proxy.retry_budget import RetryBudget
+from heimdall.proxy.upstream import UpstreamPool
+from heimdall.strategies.registry import default_registry
+
+__all__ = ["Service", "build_pool", "build_retry_budget", "build_service", "build_services"]
+
+
+def build_pool(settings: ServiceConfig, clock: Any) -> BackendPool:
+    """
+    A service's backend pool with its strategy and the pool settings of
+    its C{health} section (panic mode); empty.
+    """
+    strategy = default_registry().create(
+        settings.strategy.name, dict(settings.strategy.options), _random.Random(), clock
+    )
+    return BackendPool(strategy, clock=clock, panic_mode=settings.health.pool.panic_mode)
+
+
+def build_retry_budget(settings: RetryBudgetConfig, clock: Any) -> RetryBudget:
+    """
+    A service's retry budget.  Live requests are counted by the proxy
+    (request_started/finished), not summed from the pool's leases: right
+    after a backend dies its failed leases are gone while its requests
+    still need a retry.
+    """
+    return RetryBudget(
+        budget_ratio=settings.percent / 100.0, min_retry_concurrency=settings.min_retry_concurrency, clock=clock
+    )
+
+
+@attrs.define(eq=False)
+class Service:
+    """
+    One service's running parts.
+
+    @ivar settings: its resolved config.
+    @ivar health: its active checks, outlier detection and alerts (a
+        Twisted service, started by its parent).
+    """
+
+    name: str
+    settings: ServiceConfig
+    pool: BackendPool
+    upstream: UpstreamPool
+    resource: BalancerResource
+    health: HealthService
+
+
+def build_service(
+    name: str,
+    settings: ServiceConfig,
+    config: Config,
+    reactor: Any,
+    access_log: Optional[Any] = None,
+    add_backends: bool = True,
+) -> Service:
+    """
+    A service from its resolved C{settings}; C{config} gives what all
+    services share (forwarded headers, body limit, alerts).  With
+    C{add_backends}, its configured backends join the pool now (the
+    C{default} service's are loaded by the server manager instead, with
+    the state file's changes).
+    """
+    pool = build_pool(settings, reactor)
+    health = build_health(settings.health, config.alerts, pool, reactor, reactor)
+    if name != DEFAULT_SERVICE:
+        # Named services in one MultiService must have distinct names.
+        health.setName(f"{health.name}:{name}")
+    timeouts = settings.timeouts
+    upstream = UpstreamPool(
+        reactor=reactor,
+        connect_timeout=timeouts.connect,
+        idle_timeout=timeouts.idle_upstream,
+        max_idle_per_backend=settings.upstream.max_idle_per_backend,
+    )
+    resource = BalancerResource(
+        pool,
+        upstream,
+        clock=reactor,
+        retries=settings.retries,
+        response_timeout=timeouts.response,
+        max_body_bytes=config.limits.max_body_bytes,
+        trusted_proxies=config.forwarded.trusted_proxies,
+        access_log=access_log,
+        retry_on=settings.retry_on,
+        retry_budget=build_retry_budget(settings.health.retry_budget, reactor),
+        service=name,
+    )
+    if add_backends:
+        for entry in settings.backends:
+            pool.add(entry.backend)
+    return Service(name, settings, pool, upstream, resource, health)
+
+
+def build_services(config: Config, reactor: Any, access_log: Optional[Any] = None) -> Dict[str, Service]:
+    """
+    Every service of C{config}, C{default} first (its backends are left to
+    the server manager).
+    """
+    return {
+        name: build_service(name, settings, config, reactor, access_log, add_backends=name != DEFAULT_SERVICE)
+        for name, settings in service_configs(config).items()
+    }
