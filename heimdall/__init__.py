@@ -6,6 +6,11 @@ The public API for embedding heimdall in another Twisted application::
     from heimdall import balancer_resource
     root.putChild(b"api", balancer_resource(["http://127.0.0.1:8081"], strategy="round_robin"))
 
+or several services behind one L{Router} (routes by host, path, headers...)::
+
+    router = Router.build([RouteConfig(match=MatchConfig(host="api.example.com"), service="api")],
+                          {"api": balancer_resource([...], service="api"), "default": balancer_resource([...])})
+
 Names are imported lazily (PEP 562): C{import heimdall} stays cheap and
 installs no reactor; C{heimdall.BalancerResource} imports
 C{twisted.web.proxy}, which installs the default reactor if none is
@@ -45,6 +50,14 @@ _EXPORTS = {
     "UnknownStrategy": "heimdall.errors",
     "StrategyOptionError": "heimdall.errors",
     "HeimdallService": "heimdall.service",
+    "Router": "heimdall.routing.router",
+    "Routing": "heimdall.routing.router",
+    "RouteTable": "heimdall.routing.table",
+    "RouteConfig": "heimdall.config.routes",
+    "MatchConfig": "heimdall.config.routes",
+    "HeaderRewriteConfig": "heimdall.config.routes",
+    "RespondConfig": "heimdall.config.routes",
+    "ServiceConfig": "heimdall.config.services",
     "balancer_resource": "heimdall.embed",
     "create_strategy": "heimdall.embed",
 }
@@ -76,5 +89,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from heimdall.proxy.resource import BalancerResource
     from heimdall.strategies.registry import StrategyRegistry, default_registry
     from heimdall.service import HeimdallService
+    from heimdall.config.routes import HeaderRewriteConfig, MatchConfig, RespondConfig, RouteConfig
+    from heimdall.config.services import ServiceConfig
+    from heimdall.routing.router import Router, Routing
+    from heimdall.routing.table import RouteTable
     from heimdall.proxy.site import HeimdallSite
     from heimdall.proxy.upstream import UpstreamPool

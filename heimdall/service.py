@@ -256,8 +256,8 @@ class HeimdallService(service.MultiService):
         self.preflight_result = preflight_result if preflight_result is not None else preflight(config)
         self.exit_on_failure = exit_on_failure
         proxy = build_proxy(config, reactor)
+        # Not self.services: MultiService's list of child services.
         self.proxy = proxy
-        self.services = proxy.services
         # The default service's parts, by their names from before services.
         self.pool, self.health, self.upstream, self.resource = (
             proxy.default.pool,
@@ -267,7 +267,7 @@ class HeimdallService(service.MultiService):
         )
         self.access_log, self.router, self.site = proxy.access_log, proxy.router, proxy.site
         # Active checks, outlier detection and alerts of every service.
-        for service_ in self.services.values():
+        for service_ in self.proxy.services.values():
             service_.health.setServiceParent(self)
         self.spawner = build_spawner(config.manager, reactor)
         self.manager = build_manager(config, self.pool, self.spawner, reactor, self.preflight_result.state_path)
@@ -388,7 +388,7 @@ class HeimdallService(service.MultiService):
         if self.port is not None:
             yield self.port.stopListening()
             self.port = None
-        for service_ in self.services.values():
+        for service_ in self.proxy.services.values():
             yield service_.upstream.close_all()
         yield self.spawner.stopService()
         if self.access_log is not None:
