@@ -18,7 +18,7 @@ from typing import Mapping, Optional, Tuple
 
 import attrs
 
-from heimdall.config.fields import duration, instance_of, integer, tuple_from_list, validator
+from heimdall.config.fields import instance_of, integer, tuple_from_list, validator
 from heimdall.config.health import HealthConfig, parse_health
 from heimdall.config.model import (
     BackendConfig,
@@ -31,12 +31,11 @@ from heimdall.config.model import (
     _parse_backends,
     _parse_strategy,
 )
-from heimdall.config.reader import ReadError, build, entries, join, read_object, structure
+from heimdall.config.reader import ReadError, build, entries, join, read_object
 from heimdall.errors import ConfigError
 
 __all__ = [
     "DEFAULT_SERVICE",
-    "QueueConfig",
     "SERVICE_TIMEOUTS",
     "ServiceConfig",
     "default_service",
@@ -55,19 +54,6 @@ SERVICE_TIMEOUTS = tuple(
 )
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-
-
-@attrs.frozen
-class QueueConfig:
-    """
-    Where a request waits when every eligible backend of its service is
-    at its C{max_connections}: at most C{size} requests (0: no queue, such
-    a request gets 503 at once), each for at most C{timeout}, first come
-    first served.  A full queue or a timeout answers 503 with Retry-After.
-    """
-
-    size: int = attrs.field(default=0, validator=validator(integer(0, 1000000)))
-    timeout: float = duration(5.0)
 
 
 def _optional(cls, what):
@@ -96,7 +82,6 @@ class ServiceConfig:
     One service.  L{None} takes the top-level setting.
 
     @ivar backends: its backends (the same URL may be in several services).
-    @ivar queue: its request queue (L{QueueConfig}).
     """
 
     backends: Tuple[BackendConfig, ...] = attrs.field(
@@ -116,7 +101,6 @@ class ServiceConfig:
     upstream: Optional[UpstreamConfig] = attrs.field(
         default=None, validator=_optional(UpstreamConfig, "an UpstreamConfig")
     )
-    queue: QueueConfig = attrs.field(factory=QueueConfig, validator=validator(instance_of(QueueConfig, "a QueueConfig")))
 
     def resolved(self, config: Config) -> "ServiceConfig":
         """
@@ -191,8 +175,6 @@ def _parse_service(data: object, path: str, config: Config) -> ServiceConfig:
             value = _merged(TimeoutsConfig, value, key_path, config.timeouts, SERVICE_TIMEOUTS)
         elif key == "upstream":
             value = _merged(UpstreamConfig, value, key_path, config.upstream, attrs.fields_dict(UpstreamConfig))
-        elif key == "queue":
-            value = structure(QueueConfig, value, key_path)
         values[key] = value
     return build(ServiceConfig, values, path)
 

@@ -169,7 +169,6 @@ def test_bad_routes_name_the_field(routes, message):
         ({"services": {"api": {"strategy": "nope"}}}, "services.api.strategy: unknown strategy 'nope'"),
         ({"services": {"api": {"timeouts": {"client_idle": "1s"}}}}, "services.api.timeouts.client_idle: applies to"),
         ({"services": {"api": {"retries": 99}}}, "services.api.retries: must be an integer from 0 to 10"),
-        ({"services": {"api": {"queue": {"size": -1}}}}, "services.api.queue.size: must be an integer"),
         ({"services": {"api": {"backend": []}}}, 'services.api.backend: unknown key; did you mean "backends"?'),
         (
             {"backends": ["http://127.0.0.1:1"], "services": {"default": {"backends": []}}},
@@ -181,3 +180,16 @@ def test_bad_services_name_the_field(data, message):
     with pytest.raises(ConfigError) as raised:
         parse_config(data)
     assert str(raised.value).startswith(message), str(raised.value)
+
+
+def test_the_readme_example_is_a_valid_config():
+    import json
+    import pathlib
+    import re
+
+    readme = (pathlib.Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Services and routes", 1)[1]
+    example = re.search(r"```json\n(.*?)```", section, re.S).group(1)
+    config = parse_config(json.loads(example))
+    assert set(config.services) == {"api", "static"} and len(config.routes) == 7
+    RouteTable.compile(config.routes)
