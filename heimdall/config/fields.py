@@ -55,6 +55,7 @@ __all__ = [
     "parse_size",
     "plain",
     "read_only_mapping",
+    "regular_expression",
     "seconds",
     "section",
     "size",
@@ -285,6 +286,21 @@ def one_of(*choices: str) -> Check:
         return f"must be one of {listed}{suggestion(value, choices)}"
 
     return check
+
+
+def regular_expression(value) -> Optional[str]:
+    """
+    A Python regular expression, or None.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        return "must be a regular expression string or null"
+    try:
+        re.compile(value)
+    except re.error as e:
+        return f"invalid regular expression: {e}"
+    return None
 
 
 def endpoint(value) -> Optional[str]:

@@ -56,7 +56,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from heimdall.config.fields import boolean, duration, integer, one_of, tuple_from_list, validator
+from heimdall.config.fields import boolean, duration, integer, one_of, regular_expression, tuple_from_list, validator
 from heimdall.config.reader import build, join, read_object
 from heimdall.errors import ConfigError
 from heimdall.pool.pool import PANIC_MODES, Backend
@@ -168,17 +168,6 @@ def _check_headers(instance, attribute, value) -> None:
             raise ConfigError(f"{attribute.name}.{name}", "must be a string without CR or LF")
 
 
-def _check_regex(instance, attribute, value) -> None:
-    if value is None:
-        return
-    if not isinstance(value, str):
-        raise ConfigError(attribute.name, "must be a regular expression string or null")
-    try:
-        re.compile(value)
-    except re.error as e:
-        raise ConfigError(attribute.name, f"invalid regular expression: {e}") from None
-
-
 def _check_path(instance, attribute, value) -> None:
     if not isinstance(value, str) or not value.startswith("/") or any(c in value for c in " \r\n"):
         raise ConfigError(attribute.name, 'must be a path starting with "/", without spaces')
@@ -223,7 +212,7 @@ class CheckSettings:
     expect_status: Tuple[Tuple[int, int], ...] = attrs.field(
         default=((200, 399),), converter=_status_ranges, validator=_check_statuses
     )
-    body_regex: Optional[str] = attrs.field(default=None, validator=_check_regex)
+    body_regex: Optional[str] = attrs.field(default=None, validator=validator(regular_expression))
     headers: Tuple[Tuple[str, str], ...] = attrs.field(default=(), converter=_headers, validator=_check_headers)
     interval: float = duration(2.0)
     down_interval: float = duration(1.0)

@@ -16,7 +16,15 @@ from typing import Any, Mapping, Optional, Tuple
 
 import attrs
 
-from heimdall.config.fields import boolean, instance_of, integer, read_only_mapping, text, validator
+from heimdall.config.fields import (
+    boolean,
+    instance_of,
+    integer,
+    read_only_mapping,
+    regular_expression,
+    text,
+    validator,
+)
 from heimdall.config.reader import FROM_JSON, join, read_list, structure, suggestion
 from heimdall.errors import ConfigError
 
@@ -132,17 +140,6 @@ def _check_prefix(instance, attribute, value) -> None:
         raise ConfigError(attribute.name, 'must be a path starting with "/" (ASCII, no spaces, "?" or "#")')
 
 
-def _check_regex(instance, attribute, value) -> None:
-    if value is None:
-        return
-    if not isinstance(value, str) or not value:
-        raise ConfigError(attribute.name, "must be a regular expression")
-    try:
-        re.compile(value)
-    except re.error as e:
-        raise ConfigError(attribute.name, f"is not a valid regular expression: {e}") from None
-
-
 def _check_methods(instance, attribute, value) -> None:
     if not isinstance(value, tuple):
         raise ConfigError(attribute.name, 'must be a list of methods like ["GET", "HEAD"]')
@@ -168,10 +165,9 @@ def _check_header_matches(instance, attribute, value) -> None:
         if isinstance(expected, Mapping):
             if set(expected) != {"regex"}:
                 raise ConfigError(where, 'must be a string or {"regex": "..."}')
-            try:
-                re.compile(expected["regex"])
-            except (re.error, TypeError) as e:
-                raise ConfigError(f"{where}.regex", f"is not a valid regular expression: {e}") from None
+            problem = regular_expression(expected["regex"])
+            if problem:
+                raise ConfigError(f"{where}.regex", problem)
         elif not isinstance(expected, str):
             raise ConfigError(where, 'must be a string or {"regex": "..."}')
 
@@ -198,7 +194,7 @@ class MatchConfig:
 
     host: Optional[str] = attrs.field(default=None, converter=_lower_host, validator=_check_host)
     path_prefix: Optional[str] = attrs.field(default=None, validator=_check_prefix)
-    path_regex: Optional[str] = attrs.field(default=None, validator=_check_regex)
+    path_regex: Optional[str] = attrs.field(default=None, validator=validator(regular_expression))
     methods: Tuple[str, ...] = attrs.field(default=(), converter=_upper_methods, validator=_check_methods)
     headers: Mapping[str, Any] = attrs.field(
         factory=dict, converter=read_only_mapping, validator=_check_header_matches, hash=False

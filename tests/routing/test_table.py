@@ -139,7 +139,7 @@ def test_rewrite_paths_and_headers():
         ([{"match": {}, "service": "nope"}], "routes[0].service: no service 'nope'; services: default"),
         ([{"match": {"host": "a.com:80"}, "service": "default"}], "routes[0].match.host: hosts are compared"),
         ([{"match": {"host": "a.*.com"}, "service": "default"}], "routes[0].match.host: must be a host name"),
-        ([{"match": {"path_regex": "("}, "service": "default"}], "routes[0].match.path_regex: is not a valid"),
+        ([{"match": {"path_regex": "("}, "service": "default"}], "routes[0].match.path_regex: invalid regular expression"),
         ([{"match": {"path_prefix": "api"}, "service": "default"}], 'routes[0].match.path_prefix: must be a path'),
         ([{"match": {}}], 'routes[0].service: a route needs exactly one of "service", "redirect" and "respond"'),
         ([{"match": {}, "service": "default", "respond": {}}], "routes[0].respond: a route needs exactly one"),
