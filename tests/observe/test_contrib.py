@@ -229,7 +229,7 @@ def scraped(tmp_path_factory):
                     text = response.read().decode()
             except OSError:
                 text = ""
-            if "heimdall_pool_backends_eligible 2.0" in text and "heimdall_backend_last_check_success{" in text:
+            if 'heimdall_pool_backends_eligible{service="default"} 2.0' in text and "heimdall_backend_last_check_success{" in text:
                 break
             time.sleep(0.1)
         else:
