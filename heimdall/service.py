@@ -38,14 +38,17 @@ from heimdall.manager.statefile import State, StateWriter, load_state, run_in_re
 from heimdall.manager.supervisor import RestartPolicy
 from heimdall.observe.accesslog import AccessLog
 from heimdall.observe.logging import install_on_application, reopen_log_files
+from heimdall.observe.edge import EdgeMetrics
 from heimdall.observe.metrics import Metrics, exposition
 from heimdall.pool.pool import BackendPool
+from heimdall.proxy.h2 import H2_ENABLED, switching_channel_factory
 from heimdall.proxy.resource import BalancerResource
 from heimdall.proxy.site import HeimdallSite
 from heimdall.proxy.upstream import UpstreamPool
 from heimdall.routing.router import Router, Routing
 from heimdall.routing.services import Service, build_services
 from heimdall.routing.table import RouteTable
+from heimdall.tls.server import ServerTls, alpn_protocols
 
 __all__ = [
     "HeimdallService",
@@ -70,28 +73,35 @@ class Preflight:
     @ivar token: the manager's bearer token, or None.
     @ivar state: the state file's content; None on a first start.
     @ivar state_path: the state file, as an absolute path.
+    @ivar tls: the TLS port's certificates, read and checked; None without
+        a TLS port.
     """
 
     token: Optional[str]
     state: Optional[State]
     state_path: str
+    tls: Optional[ServerTls] = None
 
 
 def preflight(config: Config, environ: Optional[Mapping[str, str]] = None) -> Preflight:
     """
-    Resolve the manager's token, refuse a manager exposed without one, and
-    read the state file.  (The config's sections, health and alerts
+    Resolve the manager's token, refuse a manager exposed without one, read
+    the state file and the TLS certificates.  (The config's sections, health and alerts
     included, were all checked when it was parsed.)
 
     @raise heimdall.errors.ConfigError: for the token or the exposure.
     @raise heimdall.manager.statefile.StateFileError: naming the state file, if it
         exists but cannot be read or parsed.
+    @raise heimdall.errors.ConfigError: naming a certificate file that
+        cannot be read, a key that does not match, an expired certificate
+        (with C{allow_expired} false).
     """
     token = resolve_token(config.manager, environ)
     check_exposure(config.manager, token)
+    tls = ServerTls(config.tls) if config.tls.enabled else None
     # Absolute now: a later change of directory must not move it.
     path = os.path.abspath(config.manager.state_file)
-    return Preflight(token, load_state(path), path)
+    return Preflight(token, load_state(path), path, tls)
 
 
 # --- Builders: one part each, from config values and collaborators ------------
@@ -101,13 +111,15 @@ def preflight(config: Config, environ: Optional[Mapping[str, str]] = None) -> Pr
 class Proxy:
     """
     The data path's parts: the services (C{default} first), the access
-    log (or None), the router and the site that serves it.
+    log (or None), the router, the site that serves it and the one that
+    serves it on the TLS port (None without one: it may speak HTTP/2).
     """
 
     services: Dict[str, Service]
     access_log: Optional[AccessLog]
     router: Router
     site: HeimdallSite
+    tls_site: Optional[HeimdallSite] = None
 
     @property
     def default(self) -> Service:
@@ -139,16 +151,24 @@ def build_proxy(config: Config, reactor: Any) -> Proxy:
         clock=reactor,
         request_observers=[access_log.observe] if access_log is not None else [],
     )
-    site = HeimdallSite(
-        router,
-        max_uri_bytes=config.limits.max_uri_bytes,
-        max_header_bytes=config.limits.max_header_bytes,
-        max_body_bytes=config.limits.max_body_bytes,
-        header_timeout=config.timeouts.client_header,
-        idle_timeout=config.timeouts.client_idle,
-        reactor=reactor,
-    )
-    return Proxy(services, access_log, router, site)
+
+    def make_site() -> HeimdallSite:
+        return HeimdallSite(
+            router,
+            max_uri_bytes=config.limits.max_uri_bytes,
+            max_header_bytes=config.limits.max_header_bytes,
+            max_body_bytes=config.limits.max_body_bytes,
+            header_timeout=config.timeouts.client_header,
+            idle_timeout=config.timeouts.client_idle,
+            reactor=reactor,
+        )
+
+    tls_site = None
+    if config.tls.enabled:
+        tls_site = make_site()
+        if config.tls.http2 and H2_ENABLED:
+            tls_site.protocol = switching_channel_factory()
+    return Proxy(services, access_log, router, make_site(), tls_site)
 
 
 def build_spawner(manager_config: ManagerConfig, reactor: Any) -> ServerSpawner:
@@ -190,7 +210,7 @@ def build_manager(
 
 
 def build_metrics(
-    config: Config, proxy: Proxy, spawner: ServerSpawner, manager: ServerManager
+    config: Config, proxy: Proxy, spawner: ServerSpawner, manager: ServerManager, tls: Optional[ServerTls] = None
 ) -> Tuple[Metrics, Callable[[], None]]:
     """
     Prometheus metrics over every part, and the function that detaches
@@ -211,7 +231,17 @@ def build_metrics(
     for name, service in proxy.services.items():
         if name != DEFAULT_SERVICE:
             metrics.attach_service(name, service.pool, service.resource, service.upstream, service.health.prober)
-    return metrics, detach
+    # Protocols, TLS and tunnels: every request of every service, and those
+    # heimdall answered itself (the router's).
+    resources = [proxy.router] + [service.resource for service in proxy.services.values()]
+    edge = EdgeMetrics(metrics.registry, tls=tls, tunnels=[getattr(r, "tunnels", None) for r in resources])
+    detach_edge = edge.attach(resources)
+
+    def detach_all() -> None:
+        detach_edge()
+        detach()
+
+    return metrics, detach_all
 
 
 def build_manager_site(
@@ -222,6 +252,11 @@ def build_manager_site(
     """
     resource = ManagerResource(manager, token=token, metrics=exposition(metrics.registry))
     return resource, ManagerSite(resource, reactor=reactor)
+
+
+def _where(port) -> str:
+    address = port.getHost()
+    return f"{getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}"
 
 
 # --- The service ------------------------------------------------------------------
@@ -266,6 +301,11 @@ class HeimdallService(service.MultiService):
             proxy.resource,
         )
         self.access_log, self.router, self.site = proxy.access_log, proxy.router, proxy.site
+        self.tls_site = proxy.tls_site
+        #: The TLS port's certificates (L{ServerTls.reload} re-reads them).
+        self.tls = self.preflight_result.tls
+        if self.tls is None and config.tls.enabled:
+            self.tls = ServerTls(config.tls)
         # Active checks, outlier detection and alerts of every service.
         for service_ in self.proxy.services.values():
             service_.health.setServiceParent(self)
@@ -274,11 +314,12 @@ class HeimdallService(service.MultiService):
         # config.json's backends with the state file's changes, at once;
         # managed servers are spawned when the service starts.
         self._to_restore = self.manager.load(self.preflight_result.state)
-        self.metrics, self._detach_metrics = build_metrics(config, proxy, self.spawner, self.manager)
+        self.metrics, self._detach_metrics = build_metrics(config, proxy, self.spawner, self.manager, self.tls)
         self.manager_resource, self.manager_site = build_manager_site(
             self.manager, self.preflight_result.token, self.metrics, reactor
         )
         self.port = None
+        self.tls_port = None
         self.manager_port = None
         self.ready: defer.Deferred = defer.Deferred()
 
@@ -320,6 +361,7 @@ class HeimdallService(service.MultiService):
         endpoint = serverFromString(self.reactor, self.config.listen)
         d = endpoint.listen(self.site)
         d.addCallback(self._listening)
+        d.addCallback(lambda _: self._listen_tls())
         d.addCallback(lambda _: serverFromString(self.reactor, self.config.manager.listen).listen(self.manager_site))
         d.addCallback(self._manager_listening)
         d.addCallback(lambda _: defer.ensureDeferred(self._populate()))
@@ -327,13 +369,26 @@ class HeimdallService(service.MultiService):
 
     def _listening(self, port) -> None:
         self.port = port
-        address = port.getHost()
         _log.info(
-            "heimdall proxy listening on {host}:{port} with strategy {strategy}",
-            host=getattr(address, "host", "?"),
-            port=getattr(address, "port", "?"),
+            "heimdall proxy listening on {where} with strategy {strategy}",
+            where=_where(port),
             strategy=self.config.strategy.name,
         )
+
+    def _listen_tls(self):
+        if self.tls is None:
+            return None
+        endpoint = serverFromString(self.reactor, self.config.tls.listen)
+        d = endpoint.listen(self.tls.wrap(self.tls_site))
+
+        def listening(port) -> None:
+            self.tls_port = port
+            protocols = ", ".join(p.decode() for p in alpn_protocols(self.config.tls.http2))
+            names = "; ".join(",".join(c.names) or c.cert_path for c in self.tls.certificates)
+            _log.info("heimdall TLS listening on {where} ({protocols}; {names})",
+                      where=_where(port), protocols=protocols, names=names)  # fmt: skip
+
+        return d.addCallback(listening)
 
     def _manager_listening(self, port) -> None:
         self.manager_port = port
@@ -388,6 +443,9 @@ class HeimdallService(service.MultiService):
         if self.port is not None:
             yield self.port.stopListening()
             self.port = None
+        if self.tls_port is not None:
+            yield self.tls_port.stopListening()
+            self.tls_port = None
         for service_ in self.proxy.services.values():
             yield service_.upstream.close_all()
         yield self.spawner.stopService()

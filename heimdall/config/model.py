@@ -70,6 +70,7 @@ from heimdall.config.fields import (
 )
 from heimdall.config.health import AlertsConfig, HealthConfig, parse_alerts, parse_health
 from heimdall.config.reader import FROM_JSON, build, entries, join, json_type, loads, structure, suggestion
+from heimdall.config.tls import TlsConfig
 from heimdall.errors import ConfigError, UnknownStrategy
 from heimdall.pool.pool import Backend
 from heimdall.proxy.retry_budget import RETRY_ON_CHOICES as RETRY_ON
@@ -91,6 +92,7 @@ __all__ = [
     "RestartConfig",
     "StrategyConfig",
     "TimeoutsConfig",
+    "TlsConfig",
     "UpstreamConfig",
     "load_config",
     "parse_config",
@@ -392,6 +394,7 @@ class Config:
     on 127.0.0.1:8080, round robin, no backends, manager on 127.0.0.1:9090.
 
     @ivar listen: the proxy's Twisted server endpoint string.
+    @ivar tls: TLS termination on a second port (L{heimdall.config.tls}).
     @ivar backends: the backends to start with.
     @ivar spawn: how many demo backends heimdall starts itself at start-up,
         on ports from C{manager.base_port}.
@@ -440,6 +443,7 @@ class Config:
         factory=dict, converter=lambda value: MappingProxyType(dict(value)), validator=_check_services, hash=False
     )
     routes: Tuple[Any, ...] = attrs.field(default=(), converter=tuple_from_list, validator=_check_routes)
+    tls: TlsConfig = section(TlsConfig, "a TlsConfig")
 
     def __attrs_post_init__(self) -> None:
         # Spawned backends take consecutive ports from manager.base_port.

@@ -7,7 +7,8 @@ Fields, in this order (JSON keys as named): C{time} (Unix seconds),
 C{request_id}, C{client}, C{method}, C{path}, C{status}, C{service} (null
 when heimdall answered itself: a redirect, respond or no route), C{backend},
 C{upstream_time} and C{total_time} (seconds), C{bytes_in}, C{bytes_out},
-C{attempts}.
+C{attempts}, C{protocol} (C{HTTP/1.1}, C{HTTP/2}) and C{tls} (the TLS
+version, or null over plain TCP).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ FIELDS = (
     "bytes_in",
     "bytes_out",
     "attempts",
+    "protocol",
+    "tls",
 )
 
 
@@ -47,7 +50,7 @@ def format_text(event) -> Optional[str]:
     C{client "METHOD path" status bytes_out service=… backend=… upstream=…ms total=…ms}.
     """
     upstream = event.get("upstream_time")
-    return '{client} "{method} {path}" {status} {bytes_out} service={service} backend={backend} upstream={up} total={total:.2f}ms bytes_in={bytes_in} attempts={attempts} id={request_id}\n'.format(
+    return '{client} "{method} {path}" {status} {bytes_out} service={service} backend={backend} upstream={up} total={total:.2f}ms bytes_in={bytes_in} attempts={attempts} id={request_id} proto={protocol} tls={tls}\n'.format(
         request_id=_text(event.get("request_id")),
         client=_text(event.get("client")),
         method=_text(event.get("method")),
@@ -60,6 +63,8 @@ def format_text(event) -> Optional[str]:
         total=event.get("total_time", 0.0) * 1000,
         bytes_in=event.get("bytes_in", 0),
         attempts=event.get("attempts", 0),
+        protocol=_text(event.get("protocol")),
+        tls=_text(event.get("tls")),
     )
 
 
@@ -148,6 +153,8 @@ class AccessLog:
             bytes_out=record.bytes_out,
             attempts=record.attempts,
             request_id=record.request_id,
+            protocol=record.protocol,
+            tls=record.tls,
         )
 
     def close(self) -> None:

@@ -21,6 +21,7 @@ from heimdall.interfaces import IClientExchange, IResponseObserver, IUpstreamRes
 from heimdall.pool.context import RequestContext
 from heimdall.pool.values import FailureKind, Outcome
 from heimdall.proxy.body import RequestBody
+from heimdall.proxy.h2 import tls_version
 from heimdall.proxy.headers import HOP_BY_HOP, connection_tokens, upstream_request_headers
 from heimdall.proxy.site import HeimdallRequest
 
@@ -68,6 +69,8 @@ class RequestRecord:
     @ivar ttfb: seconds to the upstream response head, if one came.
     @ivar retry_reasons: why each retry was made: C{connect}, C{reset},
         C{stale}, C{bad_response}, C{5xx}, C{timeout}.
+    @ivar protocol: what the client spoke: C{HTTP/1.0}, C{HTTP/1.1}, C{HTTP/2}.
+    @ivar tls: the TLS version it came over (C{TLSv1.3}), L{None} if plain.
     """
 
     client: Optional[str]
@@ -86,6 +89,8 @@ class RequestRecord:
     #: The service that served it; None when heimdall answered itself
     #: (a redirect or respond route, or no route).
     service: Optional[str] = None
+    protocol: str = "HTTP/1.1"
+    tls: Optional[str] = None
 
 
 _REQUEST_ID_CHARS = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
@@ -201,6 +206,8 @@ class ProxyExchange:
         # (id, generated): taken from the client's X-Request-ID when it is
         # sane, else generated; forwarded upstream and returned.
         self.request_id = None
+        # The TLS version the client came over; None over plain TCP.
+        self.tls: Optional[str] = None
 
     # -- start -------------------------------------------------------------
 
@@ -231,6 +238,8 @@ class ProxyExchange:
         path, query = upstream_target(request, resource.path_prefix, rewrite)
         self.target = path + b"?" + query if query else path
         self.context = RequestContext.from_request(request, path, query)
+        if self.context.secure:
+            self.tls = tls_version(request)
         self.host = request.getHeader(b"host")
         self.headers = upstream_request_headers(
             request.requestHeaders.getAllRawHeaders(),
@@ -498,7 +507,9 @@ class ProxyExchange:
         request = self.request
         if request.producer is not None:
             request.unregisterProducer()
-        request.channel.transport.abortConnection()
+        channel = request.channel
+        # An HTTP/2 stream has no transport of its own: it resets itself.
+        (channel.transport or channel).abortConnection()
         self._log_access(self.status or 502)
 
     def _log_access(self, status: int) -> None:
@@ -531,6 +542,8 @@ class ProxyExchange:
             retry_reasons=tuple(self.retry_reasons),
             request_id=self.request_id[0].decode("ascii") if self.request_id is not None else None,
             service=self.resource.service,
+            protocol=self.request.clientproto.decode("ascii", "replace"),
+            tls=self.tls,
         )
         for observer in observers:
             try:

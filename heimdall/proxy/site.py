@@ -315,13 +315,20 @@ class HeimdallChannel(http.HTTPChannel):
         else:
             self.timeoutConnection()
 
-    def connectionLost(self, reason) -> None:
+    def stop_timers(self) -> None:
+        """
+        Cancel the header and idle timers (the connection closed, or now
+        belongs to another protocol: HTTP/2, a tunnel).
+        """
         self._head_started = None
         for name in ("_header_call", "_idle_call"):
             call = getattr(self, name)
             if call is not None and call.active():
                 call.cancel()
             setattr(self, name, None)
+
+    def connectionLost(self, reason) -> None:
+        self.stop_timers()
         super().connectionLost(reason)
 
 

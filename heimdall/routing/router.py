@@ -148,6 +148,7 @@ class Router(Resource):
             bytes_in=0,
             bytes_out=size,
             attempts=0,
+            protocol=request.clientproto.decode("ascii", "replace"),
         )
         for observer in self.request_observers:
             try:
