@@ -18,6 +18,13 @@ class NoBackendAvailable(HeimdallError):
     """
 
 
+class BackendsBusy(NoBackendAvailable):
+    """
+    Every backend that may get the request is at its C{max_connections}:
+    the request may wait in its service's queue, else it gets 503.
+    """
+
+
 class ConfigError(HeimdallError):
     """
     The configuration is invalid.  C{str(error)} names the field path and

@@ -338,11 +338,14 @@ class StrategyConfig:
 class BackendConfig:
     """
     A backend from the config.  A backup backend gets requests only when
-    no other backend is eligible.
+    no other backend of its service is eligible; C{max_connections} limits
+    its requests in flight (0: no limit; the others wait in the service's
+    queue).
     """
 
     backend: Backend = attrs.field(validator=validator(instance_of(Backend, "a heimdall.pool.pool.Backend")))
     backup: bool = attrs.field(default=False, validator=validator(boolean))
+    max_connections: int = attrs.field(default=0, validator=validator(integer(0, 1000000)))
 
     @classmethod
     def from_url(cls, url: str, weight: int = 1, backup: bool = False) -> "BackendConfig":
@@ -553,14 +556,17 @@ def _parse_backend(data: object, path: str) -> BackendConfig:
     if not isinstance(data, Mapping):
         raise ConfigError(path, 'must be a URL string or an object like {"url": "http://127.0.0.1:8081"}')
     backend: Optional[Backend] = None
-    weight, backup = 1, False
-    for key, value, key_path in entries(data, path, ("url", "weight", "backup")):
+    weight, backup, limit = 1, False, 0
+    for key, value, key_path in entries(data, path, ("url", "weight", "backup", "max_connections")):
         problem = None
         if key == "url":
             backend = _backend_from_url(value, key_path)
         elif key == "weight":
             problem = integer(0, 1000)(value)
             weight = value
+        elif key == "max_connections":
+            problem = integer(0, 1000000)(value)
+            limit = value
         else:
             problem = boolean(value)
             backup = value
@@ -568,7 +574,7 @@ def _parse_backend(data: object, path: str) -> BackendConfig:
             raise ConfigError(key_path, problem)
     if backend is None:
         raise ConfigError(f"{path}.url", "is required")
-    return BackendConfig(attrs.evolve(backend, weight=weight), backup)
+    return BackendConfig(attrs.evolve(backend, weight=weight), backup, limit)
 
 
 def parse_config(data: object, source: str = "config") -> Config:

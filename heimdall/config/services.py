@@ -18,7 +18,7 @@ from typing import Mapping, Optional, Tuple
 
 import attrs
 
-from heimdall.config.fields import instance_of, integer, tuple_from_list, validator
+from heimdall.config.fields import duration, instance_of, integer, tuple_from_list, validator
 from heimdall.config.health import HealthConfig, parse_health
 from heimdall.config.model import (
     BackendConfig,
@@ -31,11 +31,12 @@ from heimdall.config.model import (
     _parse_backends,
     _parse_strategy,
 )
-from heimdall.config.reader import ReadError, build, entries, join, read_object
+from heimdall.config.reader import ReadError, build, entries, join, read_object, structure
 from heimdall.errors import ConfigError
 
 __all__ = [
     "DEFAULT_SERVICE",
+    "QueueConfig",
     "SERVICE_TIMEOUTS",
     "ServiceConfig",
     "default_service",
@@ -54,6 +55,19 @@ SERVICE_TIMEOUTS = tuple(
 )
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+@attrs.frozen
+class QueueConfig:
+    """
+    Where a request waits when every eligible backend of its service is
+    at its C{max_connections}: at most C{size} requests (0: no queue, such
+    a request gets 503 at once), each for at most C{timeout}, first come
+    first served.  A full queue or a timeout answers 503 with Retry-After.
+    """
+
+    size: int = attrs.field(default=0, validator=validator(integer(0, 1000000)))
+    timeout: float = duration(5.0)
 
 
 def _optional(cls, what):
@@ -82,6 +96,7 @@ class ServiceConfig:
     One service.  L{None} takes the top-level setting.
 
     @ivar backends: its backends (the same URL may be in several services).
+    @ivar queue: its request queue (L{QueueConfig}).
     """
 
     backends: Tuple[BackendConfig, ...] = attrs.field(
@@ -101,6 +116,7 @@ class ServiceConfig:
     upstream: Optional[UpstreamConfig] = attrs.field(
         default=None, validator=_optional(UpstreamConfig, "an UpstreamConfig")
     )
+    queue: QueueConfig = attrs.field(factory=QueueConfig, validator=validator(instance_of(QueueConfig, "a QueueConfig")))
 
     def resolved(self, config: Config) -> "ServiceConfig":
         """
@@ -119,11 +135,14 @@ class ServiceConfig:
 
 def default_service(config: Config) -> ServiceConfig:
     """
-    The C{default} service: C{services.default} if the config has one,
-    else the top-level backends and strategy.
+    The C{default} service: C{services.default} if the config has one
+    (with the top-level backends if it has none), else the top-level
+    backends and strategy.
     """
     explicit = config.services.get(DEFAULT_SERVICE)
     if explicit is not None:
+        if not explicit.backends:
+            explicit = attrs.evolve(explicit, backends=config.backends)
         return explicit.resolved(config)
     return ServiceConfig(backends=config.backends, strategy=config.strategy).resolved(config)
 
@@ -175,6 +194,8 @@ def _parse_service(data: object, path: str, config: Config) -> ServiceConfig:
             value = _merged(TimeoutsConfig, value, key_path, config.timeouts, SERVICE_TIMEOUTS)
         elif key == "upstream":
             value = _merged(UpstreamConfig, value, key_path, config.upstream, attrs.fields_dict(UpstreamConfig))
+        elif key == "queue":
+            value = structure(QueueConfig, value, key_path)
         values[key] = value
     return build(ServiceConfig, values, path)
 
@@ -196,8 +217,9 @@ def parse_services(data: object, path: str, config: Config) -> Mapping[str, Serv
         if name in duplicates:
             raise ReadError(name_path, "duplicate key")
         services[name] = _parse_service(value, name_path, config)
-    if DEFAULT_SERVICE in services and config.backends:
+    if DEFAULT_SERVICE in services and config.backends and services[DEFAULT_SERVICE].backends:
         raise ConfigError(
-            join(path, DEFAULT_SERVICE), 'give the default backends at the top level or in services.default, not both'
+            join(join(path, DEFAULT_SERVICE), "backends"),
+            "give the default backends at the top level or in services.default, not both",
         )
     return services

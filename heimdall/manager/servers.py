@@ -170,7 +170,7 @@ class ServerManager:
                     admin = AdminState(change.admin)
                 if change.backup is not None:
                     backup = change.backup
-            self.pool.add(backend, admin)
+            self.pool.add(backend, admin, backup, entry.max_connections)
             self._servers[backend.id] = ServerInfo(
                 backend.id, backend.port, from_config=True, backup=backup, started_at=self.clock.seconds()
             )
@@ -187,10 +187,9 @@ class ServerManager:
                 to_start.append(record)
                 self._reserved.add(record.port)
                 continue
-            self.pool.add(record.backend, AdminState(record.admin))
-            self._servers[record.id] = ServerInfo(
-                record.id, record.port, backup=record.backup, started_at=self.clock.seconds()
-            )
+            self.pool.add(record.backend, AdminState(record.admin), record.backup)
+            self._servers[record.id] = ServerInfo(record.id, record.port, backup=record.backup,
+                                                  started_at=self.clock.seconds())
         return to_start
 
     async def start_managed(self, records: Sequence[ServerRecord]) -> None:
@@ -208,7 +207,7 @@ class ServerManager:
                     return
                 problem = str(e).split("\n")[0]
                 _log.warn("could not restart {url} from the state file: {problem}", url=record.url, problem=problem)
-                self.pool.add(record.backend, AdminState(record.admin))
+                self.pool.add(record.backend, AdminState(record.admin), record.backup)
                 self.pool.set_health(record.id, Health.DOWN, f"could not be started: {problem}")
                 self._servers[record.id] = ServerInfo(record.id, record.port, managed=True, backup=record.backup)
                 self.supervisor.watch_down(record.port, problem)
@@ -400,7 +399,7 @@ class ServerManager:
             raise ServerConflict(f"{backend.id} is already registered", {"id": backend.id, "port": backend.port})
         if _is_local(backend.host) and (backend.port in self._reserved or self.spawner.has(backend.port)):
             raise ServerConflict(f"port {backend.port} is being used for a spawned server", {"port": backend.port})
-        self.pool.add(backend)
+        self.pool.add(backend, backup=backup)
         self._servers[backend.id] = ServerInfo(
             backend.id, backend.port, from_config=backend.id in self._config_ids, backup=backup,
             started_at=self.clock.seconds(),
@@ -437,6 +436,7 @@ class ServerManager:
         if backup is not None and backup != info.backup:
             changes.append(f"backup {info.backup} -> {backup}")
             self._servers[server_id] = attrs.evolve(info, backup=backup)
+            self.pool.set_backup(server_id, backup)
         self._log_change("updated", server_id, actor, ", ".join(changes) or "no change")
         await self._persist()
         return self.describe(server_id)
@@ -561,7 +561,7 @@ class ServerManager:
         self, server: SpawnedServer, weight: int, backup: bool, admin: AdminState = AdminState.READY
     ) -> ServerInfo:
         backend = Backend.from_url(server.url, weight)
-        self.pool.add(backend, admin)
+        self.pool.add(backend, admin, backup)
         # The ready check was its first health check, and it passed.
         self.pool.set_health(backend.id, Health.UP, "ready check passed")
         info = ServerInfo(

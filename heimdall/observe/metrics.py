@@ -32,9 +32,7 @@ The metrics (every counter ends in C{_total} in the exposition)::
     heimdall_response_bytes_total{service,backend}               response body bytes sent
     heimdall_retries_total{reason}                       requests re-sent to another backend
     heimdall_upstream_failures_total{service,backend,reason}     failed upstream attempts by kind
-    heimdall_upstream_connections_opened_total           new upstream connections
-    heimdall_upstream_connections_reused_total           requests sent on a pooled connection
-    heimdall_upstream_connect_failures_total             connects that failed
+    heimdall_upstream_connections_opened_total / _reused_total, heimdall_upstream_connect_failures_total
     heimdall_upstream_idle_connections{service,backend}          pooled idle connections
     heimdall_backend_health{service,backend,state}               1 for the current state (unknown/up/down)
     heimdall_backend_admin_state{service,backend,state}          1 for the current state (ready/draining/maintenance)
@@ -59,7 +57,7 @@ The metrics (every counter ends in C{_total} in the exposition)::
     heimdall_alerts_suppressed_total                     events held back by flap damping
     heimdall_alert_deliveries_total{channel,result}      deliveries by sink kind, delivered/failed
     heimdall_strategy_info{strategy}                     the configured strategy
-    heimdall_build_info{version,python,implementation,twisted}
+    heimdall_build_info{version,python,implementation,twisted}; heimdall_queue_* (observe/queues.py)
     process_*                                            CPU, memory, open fds (prometheus_client)
 """
 
@@ -78,6 +76,7 @@ from prometheus_client.core import (
 )
 
 from heimdall.observe.exposition import MetricsResource, exposition
+from heimdall.observe.queues import queue_families
 from heimdall.pool.values import EventKind, FailureKind
 from heimdall.proxy.exchange import STALE
 
@@ -229,6 +228,7 @@ class Metrics:
         self._pool = None
         # service name -> (pool, upstream), default first.
         self._services: Dict[str, Tuple[Any, Any]] = {}
+        self._queues: Dict[str, Any] = {}
         self._spawner = None
         self._alert_dispatcher = None
         self._build_info = _build_info()
@@ -321,10 +321,13 @@ class Metrics:
         if health is not None:
             undo.append(health.subscribe_checks(lambda backend_id, result: self.observe_check(backend_id, result, name)))
         self._services[name] = (pool, upstream)
+        if getattr(resource, "queue", None) is not None:
+            self._queues[name] = resource.queue
 
         def detach() -> None:
             _undo_all(undo)
             self._services.pop(name, None)
+            self._queues.pop(name, None)
 
         return detach
 
@@ -481,6 +484,7 @@ class Metrics:
         yield from self._collect_upstream(members)
         yield from self._collect_spawner()
         yield from self._collect_misc(members)
+        yield from queue_families(self._queues)
 
     def _labelled(self) -> List[Tuple[Tuple[str, str], _Stats]]:
         return sorted(self._stats.items())

@@ -18,6 +18,15 @@ One predicate, L{is_eligible}, says who may get new requests.  Whenever its
 answer may change, the pool rebuilds the strategy with the eligible members
 and emits a L{PoolEvent} to its subscribers.
 
+Of the eligible members the strategy sees the I{tier} in use: the
+non-backup ones, or the backups when no other member is eligible (HAProxy's
+and nginx's C{backup}); and of that tier only the members with a free slot
+(in flight below their C{max_connections}, 0 being no limit).  A member
+that fills or frees its last slot changes that set at once.  When the tier
+has members but none has a free slot, L{BackendPool.pick} raises
+L{BackendsBusy} (a request queue waits for L{BackendPool.has_free_slot});
+with an empty tier, L{NoBackendAvailable}.
+
 Panic mode (L{BackendPool.panic_mode}): when no member is eligible, C{"fail"}
 (the default) makes L{BackendPool.pick} raise at once (the proxy answers
 503 without waiting for a connect timeout); C{"route"} picks among every
@@ -42,7 +51,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from heimdall.clock import maybe_global_reactor
-from heimdall.errors import NoBackendAvailable
+from heimdall.errors import BackendsBusy, NoBackendAvailable
 from heimdall.interfaces import IInFlightAware, ILoadAware, IStrategy
 from heimdall.pool.context import RequestContext
 from heimdall.pool.values import AdminState, Backend, CheckResult, EventKind, Health, Outcome, PoolEvent
@@ -102,6 +111,10 @@ class Member:
     ejections_total: int = 0
     slow_start_window: float = 0.0
     slow_start_began: Optional[float] = None
+    #: Gets requests only while no non-backup member is eligible.
+    backup: bool = False
+    #: Requests in flight it may have at most (0: no limit).
+    max_connections: int = 0
     # The pool's clock, for the effective weight during slow start.
     _clock: Optional[IReactorTime] = attrs.field(default=None, repr=False)
 
@@ -112,6 +125,10 @@ class Member:
     @property
     def ejected(self) -> bool:
         return self.ejected_at is not None
+
+    @property
+    def has_free_slot(self) -> bool:
+        return not self.max_connections or self.in_flight < self.max_connections
 
     @property
     def weight(self) -> int:
@@ -155,6 +172,8 @@ class Member:
             "effective_weight": self.weight,
             "slow_start_began": self.slow_start_began,
             "slow_start_window": self.slow_start_window,
+            "backup": self.backup,
+            "max_connections": self.max_connections,
             "in_flight": self.in_flight,
             "requests_total": self.requests_total,
             "failures_total": self.failures_total,
@@ -226,6 +245,10 @@ class BackendPool:
     # for strategies that provide IInFlightAware (bounded-load hashing).
     _routable_set: frozenset = attrs.field(init=False, default=frozenset())
     _routable_in_flight: int = attrs.field(init=False, default=0)
+    # The tier in use (see the module docstring), and whether any of its
+    # members has a connection limit.
+    _tier: List[Member] = attrs.field(init=False, factory=list)
+    _tier_limited: bool = attrs.field(init=False, default=False)
     # The strategy, if it provides ILoadAware (told of every change).
     _load_aware: Optional[Any] = attrs.field(init=False, default=None)
     _ramp: Optional[LoopingCall] = attrs.field(init=False, default=None)
@@ -270,7 +293,14 @@ class BackendPool:
         Whether requests are being routed to unavailable members (panic
         mode "route" with no member eligible).
         """
-        return not self._eligible and bool(self._routable)
+        return not self._eligible and bool(self._tier)
+
+    @property
+    def has_free_slot(self) -> bool:
+        """
+        Whether L{pick} would find a member now.
+        """
+        return bool(self._routable)
 
     # -- reading -------------------------------------------------------
 
@@ -288,10 +318,15 @@ class BackendPool:
 
     # -- membership, weight, admin (config and manager) ---------------------
 
-    def add(self, backend: Backend, admin: AdminState = AdminState.READY) -> Member:
+    def add(
+        self, backend: Backend, admin: AdminState = AdminState.READY, backup: bool = False, max_connections: int = 0
+    ) -> Member:
         if backend.id in self._members:
             raise KeyError(f"backend {backend.id} is already in the pool")
-        member = Member(backend=backend, added_at=self.clock.seconds(), admin=admin, clock=self.clock)
+        member = Member(
+            backend=backend, added_at=self.clock.seconds(), admin=admin, clock=self.clock, backup=backup,
+            max_connections=max_connections,
+        )
         self._members[backend.id] = member
         self._changed(PoolEvent(EventKind.ADDED, backend.id, self.clock.seconds(), backend.url))
         return member
@@ -316,6 +351,18 @@ class BackendPool:
         if admin is AdminState.READY and not was_ready:
             self._begin_ramp(member)
         self._changed(PoolEvent(EventKind.ADMIN, backend_id, self.clock.seconds(), admin.value))
+        return member
+
+    def set_backup(self, backend_id: str, backup: bool) -> Member:
+        member = self._members[backend_id]
+        member.backup = backup
+        self._changed(PoolEvent(EventKind.BACKUP, backend_id, self.clock.seconds(), "backup" if backup else "primary"))
+        return member
+
+    def set_max_connections(self, backend_id: str, limit: int) -> Member:
+        member = self._members[backend_id]
+        member.max_connections = limit
+        self._changed(PoolEvent(EventKind.LIMIT, backend_id, self.clock.seconds(), str(limit)))
         return member
 
     def set_strategy(self, strategy: IStrategy) -> None:
@@ -492,32 +539,43 @@ class BackendPool:
         members = self._members.values()
         self._eligible = [m for m in members if is_eligible(m)]
         if self._eligible or self._panic_mode == "fail":
-            self._routable = list(self._eligible)
+            tier = [m for m in self._eligible if not m.backup] or self._eligible
         else:
-            self._routable = [m for m in members if is_eligible(m, panic=True)]
-        self._ramp_weights = tuple(m.weight for m in self._routable)
-        self._routable_set = frozenset(self._routable)
-        self._routable_in_flight = sum(m.in_flight for m in self._routable)
-        self.strategy.rebuild(list(self._routable))
+            tier = [m for m in members if is_eligible(m, panic=True)]
+        self._tier = tier
+        self._tier_limited = any(m.max_connections for m in tier)
+        self._refresh_routable()
         if event is not None:
             self._emit(event)
         if had_eligible and not self._eligible and self._members:
             detail = f"panic mode {self._panic_mode}"
-            if self._routable:
-                detail += f": routing to all {len(self._routable)} ready backends"
+            if self._tier:
+                detail += f": routing to all {len(self._tier)} ready backends"
             self._emit(PoolEvent(EventKind.ALL_DOWN, None, self.clock.seconds(), detail))
         elif not had_eligible and self._eligible and event is not None and event.kind is not EventKind.ADDED:
             self._emit(PoolEvent(EventKind.RECOVERED, None, self.clock.seconds()))
+
+    def _refresh_routable(self) -> None:
+        tier = self._tier
+        routable = [m for m in tier if m.has_free_slot] if self._tier_limited else list(tier)
+        self._routable = routable
+        self._ramp_weights = tuple(m.weight for m in routable)
+        self._routable_set = frozenset(routable)
+        self._routable_in_flight = sum(m.in_flight for m in routable)
+        self.strategy.rebuild(list(routable))
 
     # -- the data path -------------------------------------------------------
 
     def pick(self, context: RequestContext, avoid: Collection[Member] = ()) -> Member:
         """
-        Ask the strategy for a member: an eligible one, or in panic mode
-        C{"route"} with none eligible, any ready one.
+        Ask the strategy for a member of the tier in use with a free slot
+        (or in panic mode C{"route"} with none eligible, any ready one).
+        @raise BackendsBusy: the tier has members, none with a free slot.
         @raise NoBackendAvailable: when there is none.
         """
         if not self._routable:
+            if self._tier:
+                raise BackendsBusy("every eligible backend is at its max_connections")
             raise NoBackendAvailable("no eligible backend")
         return self.strategy.pick(context, avoid)
 
@@ -527,6 +585,8 @@ class BackendPool:
             self._routable_in_flight += 1
             if self._load_aware is not None:
                 self._load_aware.in_flight_changed(member)
+            if member.max_connections and member.in_flight >= member.max_connections:
+                self._refresh_routable()  # its last slot is taken
         now = self.clock.seconds()
         member.last_used_at = now
         return Lease(self, member, now)
@@ -538,6 +598,8 @@ class BackendPool:
             self._routable_in_flight -= 1
             if self._load_aware is not None:
                 self._load_aware.in_flight_changed(member)
+        elif member.max_connections and member.in_flight == member.max_connections - 1 and member in self._tier:
+            self._refresh_routable()  # a slot is free again
         member.requests_total += 1
         if outcome.is_backend_failure:
             member.failures_total += 1

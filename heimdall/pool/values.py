@@ -91,6 +91,10 @@ class EventKind(_Word):
     RETURNED = "returned"
     WEIGHT = "weight"
     ADMIN = "admin"
+    #: Became a backup (detail C{"backup"}) or a primary (C{"primary"}).
+    BACKUP = "backup"
+    #: Its max_connections changed (detail: the new limit).
+    LIMIT = "limit"
     #: No member is eligible any more (C{backend_id} is None).
     ALL_DOWN = "all_down"
     #: A member is eligible again after C{all_down} (C{backend_id} is None).

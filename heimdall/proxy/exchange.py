@@ -7,6 +7,7 @@ L{RequestRecord} it leaves for the access log and metrics.
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Optional
 
@@ -16,7 +17,7 @@ from twisted.web.http import datetimeToString
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
-from heimdall.errors import NoBackendAvailable
+from heimdall.errors import BackendsBusy, NoBackendAvailable
 from heimdall.interfaces import IClientExchange, IResponseObserver, IUpstreamResponseHandler
 from heimdall.pool.context import RequestContext
 from heimdall.pool.values import FailureKind, Outcome
@@ -203,6 +204,8 @@ class ProxyExchange:
         self.body: Optional[RequestBody] = None
         self.retry_reasons: list = []
         self.budgeted_retries = 0
+        # Waiting in the resource's queue (heimdall.proxy.queue).
+        self.queued = False
         # (id, generated): taken from the client's X-Request-ID when it is
         # sane, else generated; forwarded upstream and returned.
         self.request_id = None
@@ -261,6 +264,13 @@ class ProxyExchange:
         pool = self.resource.pool
         try:
             member = pool.pick(self.context, self.avoid)
+        except BackendsBusy:
+            queue = self.resource.queue
+            if queue is not None and queue.enqueue(self):
+                self.queued = True
+            else:
+                self._respond_error(503, "every backend is busy and the queue is full", self._retry_after())
+            return
         except NoBackendAvailable:
             self._respond_error(503, "no backend available")
             return
@@ -273,6 +283,20 @@ class ProxyExchange:
             self._connected(conn)
         else:
             upstream.connect(member.backend).addCallbacks(self._connected, self._connect_failed)
+
+    # -- the queue (heimdall.proxy.queue) -------------------------------------
+
+    def queue_dispatched(self) -> None:
+        self.queued = False
+        self._attempt()
+
+    def queue_timed_out(self) -> None:
+        self.queued = False
+        self._respond_error(503, "timed out waiting for a free backend", self._retry_after())
+
+    def _retry_after(self) -> int:
+        queue = self.resource.queue
+        return max(1, math.ceil(queue.timeout)) if queue is not None else 1
 
     def _retry(self, reason: str) -> bool:
         """
@@ -460,6 +484,9 @@ class ProxyExchange:
 
     def client_lost(self, failure) -> None:
         self.client_gone = True
+        if self.queued:
+            self.queued = False
+            self.resource.queue.cancel(self)
         conn, self.conn = self.conn, None
         if conn is not None:
             conn.abort()
@@ -473,7 +500,7 @@ class ProxyExchange:
 
     # -- answering -------------------------------------------------------------------
 
-    def _respond_error(self, code: int, message: str) -> None:
+    def _respond_error(self, code: int, message: str, retry_after: Optional[int] = None) -> None:
         if self.client_gone or self.done:
             return
         request = self.request
@@ -486,6 +513,8 @@ class ProxyExchange:
         if self.request_id is not None:
             request.responseHeaders.setRawHeaders(b"X-Request-ID", [self.request_id[0]])
         request.responseHeaders.setRawHeaders(b"Content-Type", [b"application/json"])
+        if retry_after is not None:
+            request.responseHeaders.setRawHeaders(b"Retry-After", [b"%d" % retry_after])
         request.responseHeaders.setRawHeaders(b"Content-Length", [b"%d" % len(body)])
         request.write(body)
         self._finish(code)

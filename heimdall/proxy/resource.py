@@ -12,6 +12,9 @@ The flow of one request::
 
 Failures, and what the client sees:
   - no eligible backend: 503;
+  - every eligible backend at its C{max_connections}: the request waits in
+    the service's queue (then as usual), or gets 503 with Retry-After when
+    there is no queue, it is full, or the wait times out;
   - connect failure: retry on another backend (up to C{retries} times),
     then 502;
   - connection closed before any response byte: retried only if the
@@ -88,10 +91,14 @@ class BalancerResource(ReverseProxyResource):
         retry_on: Sequence[str] = (),
         retry_budget=None,
         service: str = "default",
+        queue=None,
     ) -> None:
         """
         @param service: the name of the service it serves, for the access
             log and metrics.
+        @param queue: a L{heimdall.proxy.queue.RequestQueue} over C{pool}
+            where requests wait while every backend is at its
+            C{max_connections}; None: they get 503 at once.
         @param clock: times requests (the global reactor by default).
         @param reactor: connects to the backends when no C{upstream} is
             given (by default the C{clock}, which is then the reactor).
@@ -103,6 +110,7 @@ class BalancerResource(ReverseProxyResource):
         self.host, self.port, self.path = "", 0, path_prefix
         self.pool = pool
         self.service = service
+        self.queue = queue
         if upstream is None:
             upstream = UpstreamPool(reactor=reactor if reactor is not None else self.clock)
         self.upstream = upstream

@@ -20,6 +20,7 @@ from heimdall.config.model import Config
 from heimdall.config.services import DEFAULT_SERVICE, ServiceConfig, service_configs
 from heimdall.health.wiring import HealthService, build_health
 from heimdall.pool.pool import BackendPool
+from heimdall.proxy.queue import RequestQueue
 from heimdall.proxy.resource import BalancerResource
 from heimdall.proxy.retry_budget import RetryBudget
 from heimdall.proxy.upstream import UpstreamPool
@@ -96,6 +97,9 @@ def build_service(
         idle_timeout=timeouts.idle_upstream,
         max_idle_per_backend=settings.upstream.max_idle_per_backend,
     )
+    queue = (
+        RequestQueue(pool, settings.queue.size, settings.queue.timeout, reactor) if settings.queue.size else None
+    )
     resource = BalancerResource(
         pool,
         upstream,
@@ -108,10 +112,11 @@ def build_service(
         retry_on=settings.retry_on,
         retry_budget=build_retry_budget(settings.health.retry_budget, reactor),
         service=name,
+        queue=queue,
     )
     if add_backends:
         for entry in settings.backends:
-            pool.add(entry.backend)
+            pool.add(entry.backend, backup=entry.backup, max_connections=entry.max_connections)
     return Service(name, settings, pool, upstream, resource, health)
 
 

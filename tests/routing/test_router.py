@@ -13,54 +13,8 @@ import json
 import pytest
 import pytest_twisted
 
-from heimdall.config.model import parse_config
-from heimdall.config.services import default_service
 from heimdall.observe.metrics import Metrics
-from heimdall.service import build_proxy
-
-
-class Routed:
-    def __init__(self, proxy, port):
-        self.proxy = proxy
-        self.url = f"http://127.0.0.1:{port}"
-        self.records = []
-        proxy.router.request_observers.append(self.records.append)
-        for service in proxy.services.values():
-            service.resource.request_observers.append(self.records.append)
-
-
-@pytest.fixture
-def routed(tracked, reactor):
-    """
-    routed(config) -> Routed: heimdall's proxy as twistd builds it (the
-    default service's backends added as the manager would), listening.
-    """
-
-    def start(data):
-        config = parse_config({"access_log": {"enabled": False}, **data})
-        proxy = build_proxy(config, reactor)
-        for entry in default_service(config).backends:
-            proxy.default.pool.add(entry.backend)
-        listening = tracked.listen(proxy.site)
-        for service in proxy.services.values():
-            tracked.cleanups.append(service.upstream.close_all)
-        return Routed(proxy, listening.getHost().port)
-
-    return start
-
-
-@pytest_twisted.inlineCallbacks
-def fetch(http, url, host=None, headers=None, method="GET"):
-    all_headers = dict(headers or {})
-    if host is not None:
-        all_headers["Host"] = host
-    response = yield http.request(method, url, headers=all_headers, allow_redirects=False)
-    body = yield response.content()
-    return response, body
-
-
-def backend_of(response):
-    return response.headers.getRawHeaders("x-backend", [None])[0]
+from tests.routing.conftest import backend_of, fetch
 
 
 @pytest_twisted.inlineCallbacks

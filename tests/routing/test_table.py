@@ -169,10 +169,13 @@ def test_bad_routes_name_the_field(routes, message):
         ({"services": {"api": {"strategy": "nope"}}}, "services.api.strategy: unknown strategy 'nope'"),
         ({"services": {"api": {"timeouts": {"client_idle": "1s"}}}}, "services.api.timeouts.client_idle: applies to"),
         ({"services": {"api": {"retries": 99}}}, "services.api.retries: must be an integer from 0 to 10"),
+        ({"services": {"api": {"queue": {"size": -1}}}}, "services.api.queue.size: must be an integer"),
+        ({"services": {"api": {"queue": {"timeout": "soon"}}}}, "services.api.queue.timeout: must be a duration"),
+        ({"backends": [{"url": "http://a:1", "max_connections": -1}]}, "backends[0].max_connections: must be"),
         ({"services": {"api": {"backend": []}}}, 'services.api.backend: unknown key; did you mean "backends"?'),
         (
-            {"backends": ["http://127.0.0.1:1"], "services": {"default": {"backends": []}}},
-            "services.default: give the default backends at the top level or in services.default",
+            {"backends": ["http://127.0.0.1:1"], "services": {"default": {"backends": ["http://127.0.0.1:2"]}}},
+            "services.default.backends: give the default backends at the top level or in services.default",
         ),
     ],
 )
