@@ -29,29 +29,20 @@ class Backend:
         self.tracked, self.reactor = tracked, reactor
         self.port = None
         self.listening = None
-        self.protocols = []
+        self.site = None
 
     def start(self):
-        site = make_backend_site(None, "127.0.0.1", lambda: self.port, reactor=self.reactor)
-        original = site.buildProtocol
-
-        def build(addr):
-            protocol = original(addr)
-            self.protocols.append(protocol)
-            return protocol
-
-        site.buildProtocol = build
-        self.listening = self.tracked.listen(site, port=self.port or 0)
+        self.site = make_backend_site(None, "127.0.0.1", lambda: self.port, reactor=self.reactor)
+        self.listening = self.tracked.listen(self.site, port=self.port or 0)
         self.port = self.listening.getHost().port
         return self
 
     @defer.inlineCallbacks
     def stop(self):
         yield self.listening.stopListening()
-        for protocol in self.protocols:
-            if getattr(protocol, "transport", None) is not None:
+        for protocol in self.tracked.protocols:
+            if getattr(protocol, "factory", None) is self.site and getattr(protocol, "transport", None) is not None:
                 protocol.transport.abortConnection()
-        self.protocols = []
 
     @property
     def id(self):
