@@ -52,6 +52,13 @@ BENCH_ARGS ?= --all
 bench: install
 	$(BENCH) $(BENCH_ARGS) --lb-cmd "$(CURDIR)/benchmarks/heimdall-lb.sh" --lb-name heimdall --out benchmarks/results/$(shell date +%Y%m%d-%H%M%S)-cpython
 
+# The per-request cost of routing: heimdall with 1 route and with 1,000
+# routes (999 that do not match, then a catch-all), one run each, heimdall
+# only (BENCH_ROUTES_ARGS adds peers or options).
+BENCH_ROUTES_ARGS ?=
+bench-routes: install
+	for n in 1 1000; do HEIMDALL_ROUTES=$$n $(BENCH) $(BENCH_ROUTES_ARGS) --lb-cmd "$(CURDIR)/benchmarks/heimdall-lb-routes.sh" --lb-name heimdall-$$n-routes --out benchmarks/results/$(shell date +%Y%m%d-%H%M%S)-routes-$$n || exit 1; done
+
 # The same on PyPy: Debian's pypy3 is Python 3.9, where Twisted 26.4 is the
 # newest release; only the proxy's own dependencies are installed for the
 # benchmark (the tests add theirs below).
