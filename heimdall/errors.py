@@ -82,6 +82,12 @@ class ManagerError(HeimdallError):
         super().__init__(message)
 
 
+class ServiceNotFound(ManagerError):
+    """
+    No service has the name given (C{?service=}).
+    """
+
+
 class ServerNotFound(ManagerError):
     """
     No server matches the id or port given.

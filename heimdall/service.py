@@ -28,10 +28,11 @@ from twisted.logger import Logger
 
 from heimdall.clock import maybe_global_reactor
 from heimdall.config.model import Config, ManagerConfig
-from heimdall.config.services import DEFAULT_SERVICE
+from heimdall.config.services import DEFAULT_SERVICE, ServiceConfig
 from heimdall.manager.auth import check_exposure, resolve_token
 from heimdall.manager.readiness import HttpReadyCheck
 from heimdall.manager.servers import ServerManager
+from heimdall.manager.services import ServiceManagers, service_state_path
 from heimdall.manager.site import ManagerResource, ManagerSite
 from heimdall.manager.spawner import ServerSpawner
 from heimdall.manager.statefile import State, StateWriter, load_state, run_in_reactor_threads
@@ -81,6 +82,8 @@ class Preflight:
     state: Optional[State]
     state_path: str
     tls: Optional[ServerTls] = None
+    #: The other services' state files' contents (None: a first start).
+    service_states: Mapping[str, Optional[State]] = attrs.field(factory=dict)
 
 
 def preflight(config: Config, environ: Optional[Mapping[str, str]] = None) -> Preflight:
@@ -101,7 +104,8 @@ def preflight(config: Config, environ: Optional[Mapping[str, str]] = None) -> Pr
     tls = ServerTls(config.tls) if config.tls.enabled else None
     # Absolute now: a later change of directory must not move it.
     path = os.path.abspath(config.manager.state_file)
-    return Preflight(token, load_state(path), path, tls)
+    others = {name: load_state(service_state_path(path, name)) for name in config.services if name != DEFAULT_SERVICE}
+    return Preflight(token, load_state(path), path, tls, others)
 
 
 # --- Builders: one part each, from config values and collaborators ------------
@@ -184,10 +188,11 @@ def build_spawner(manager_config: ManagerConfig, reactor: Any) -> ServerSpawner:
 
 
 def build_manager(
-    config: Config, pool: BackendPool, spawner: ServerSpawner, reactor: Any, state_path: str
+    config: Config, settings: ServiceConfig, pool: BackendPool, spawner: ServerSpawner, reactor: Any, state_path: str
 ) -> ServerManager:
     """
-    The server manager (domain), writing its changes to C{state_path}.
+    The server manager (domain) of one service (its resolved C{settings}),
+    writing its changes to C{state_path}.
     """
     manager_config = config.manager
     ready_check = (
@@ -203,8 +208,8 @@ def build_manager(
         drain_timeout=manager_config.drain_timeout,
         ready_check=ready_check,
         restart_policy=RestartPolicy.from_config(manager_config.restart),
-        config_backends=config.backends,
-        strategy_name=config.strategy.name,
+        config_backends=settings.backends,
+        strategy_name=settings.strategy.name,
         info={"listen": {"proxy": config.listen, "manager": manager_config.listen}, "state_file": state_path},
     )
 
@@ -245,12 +250,15 @@ def build_metrics(
 
 
 def build_manager_site(
-    manager: ServerManager, token: Optional[str], metrics: Metrics, reactor: Any
+    managers: ServiceManagers, token: Optional[str], metrics: Metrics, reactor: Any
 ) -> Tuple[ManagerResource, ManagerSite]:
     """
-    The manager API, with the metrics at C{/metrics}.
+    The manager API over every service's manager, with the metrics at
+    C{/metrics}.
     """
-    resource = ManagerResource(manager, token=token, metrics=exposition(metrics.registry))
+    resource = ManagerResource(
+        managers.default, token=token, metrics=exposition(metrics.registry), services=managers
+    )
     return resource, ManagerSite(resource, reactor=reactor)
 
 
@@ -310,13 +318,25 @@ class HeimdallService(service.MultiService):
         for service_ in self.proxy.services.values():
             service_.health.setServiceParent(self)
         self.spawner = build_spawner(config.manager, reactor)
-        self.manager = build_manager(config, self.pool, self.spawner, reactor, self.preflight_result.state_path)
-        # config.json's backends with the state file's changes, at once;
+        state_path = self.preflight_result.state_path
+        self.managers = ServiceManagers(
+            {
+                name: build_manager(
+                    config, service_.settings, service_.pool, self.spawner, reactor,
+                    service_state_path(state_path, name),
+                )
+                for name, service_ in proxy.services.items()
+            },
+            routes=lambda: self.config.routes,
+        )
+        self.manager = self.managers.default
+        # config.json's backends with the state files' changes, at once;
         # managed servers are spawned when the service starts.
-        self._to_restore = self.manager.load(self.preflight_result.state)
+        states = {DEFAULT_SERVICE: self.preflight_result.state, **self.preflight_result.service_states}
+        self._to_restore = {name: m.load(states.get(name)) for name, m in self.managers.managers.items()}
         self.metrics, self._detach_metrics = build_metrics(config, proxy, self.spawner, self.manager, self.tls)
         self.manager_resource, self.manager_site = build_manager_site(
-            self.manager, self.preflight_result.token, self.metrics, reactor
+            self.managers, self.preflight_result.token, self.metrics, reactor
         )
         self.port = None
         self.tls_port = None
@@ -401,12 +421,15 @@ class HeimdallService(service.MultiService):
         )
 
     async def _populate(self):
+        restore, self._to_restore = self._to_restore, {}
+        for name, records in restore.items():
+            if name != DEFAULT_SERVICE and records:
+                await self.managers.get(name).start_managed(records)
         if self.preflight_result.state is None:
             # A first start: config.json's demo backends.  Afterwards the
             # state file lists every spawned server, and they are restored.
             return await self.manager.spawn_initial(self.config.spawn)
-        records, self._to_restore = self._to_restore, []
-        await self.manager.start_managed(records)
+        await self.manager.start_managed(restore.get(DEFAULT_SERVICE, []))
         return None
 
     def _start_failed(self, failure) -> None:
@@ -439,7 +462,7 @@ class HeimdallService(service.MultiService):
             self.manager_port = None
         # No change is accepted from here on, supervision ends (no
         # restart races the stop below) and pending state writes land.
-        yield self.manager.stop()
+        yield self.managers.stop()
         if self.port is not None:
             yield self.port.stopListening()
             self.port = None

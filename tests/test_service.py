@@ -55,10 +55,10 @@ def test_each_service_gets_its_own_settings_over_the_top_level_ones():
     proxy = build_proxy(config, reactor)
     api, default = proxy.services["api"], proxy.default
     assert list(proxy.services) == ["default", "api"]
-    assert [m.id for m in api.pool.members()] == ["127.0.0.1:8001", "127.0.0.1:8002"]
-    assert api.pool.get("127.0.0.1:8002").backend.weight == 3
-    # The default service's backends are the manager's to load.
-    assert default.pool.members() == []
+    assert [entry.backend.id for entry in api.settings.backends] == ["127.0.0.1:8001", "127.0.0.1:8002"]
+    assert api.settings.backends[1].backend.weight == 3
+    # The backends are the managers' to load (with the state files).
+    assert default.pool.members() == [] and api.pool.members() == []
     assert type(api.pool.strategy).__name__ != type(default.pool.strategy).__name__
     assert (api.resource.retries, default.resource.retries) == (0, 1)
     assert api.resource.retry_on == frozenset({"5xx"}) and default.resource.retry_on == frozenset()

@@ -37,10 +37,12 @@ from heimdall.errors import (
     ServerConflict,
     ServerDidNotStart,
     ServerNotFound,
+    ServiceNotFound,
     StateNotSaved,
 )
 from heimdall.manager.auth import authenticate
 from heimdall.manager.servers import Actor, ServerManager
+from heimdall.manager.services import ServiceManagers
 from heimdall.pool.pool import AdminState
 
 __all__ = [
@@ -108,6 +110,7 @@ class Answer:
 _STATUSES: Tuple[Tuple[type, int], ...] = (
     (NotAuthenticated, 401),
     (ServerNotFound, 404),
+    (ServiceNotFound, 404),
     (AmbiguousServer, 400),
     (InvalidChange, 400),
     (ServerConflict, 409),
@@ -192,8 +195,9 @@ ROUTES: Tuple[Route, ...] = (
     Route("/status", ("GET",), "status", ("version, uptime, strategy and counts",)),
     Route("/openapi.json", ("GET",), "openapi", ("the OpenAPI 3.1 description of this API",)),
     Route("/metrics", ("GET",), "metrics", ("Prometheus metrics (text exposition, or OpenMetrics on request)",)),
-    Route("/servers/list", ("GET",), "list", ("every server, as a JSON array",)),
-    Route("/servers/get", ("GET",), "get", ("one server: ?port=N or ?id=HOST:PORT",), ("port", "id")),
+    Route("/services", ("GET",), "services", ("every service with its strategy, counts and routes",)),
+    Route("/servers/list", ("GET",), "list", ("every server, as a JSON array",), ("service",)),
+    Route("/servers/get", ("GET",), "get", ("one server: ?port=N or ?id=HOST:PORT",), ("port", "id", "service")),
     Route(
         "/servers/add", ("POST",), "add",
         (
@@ -201,10 +205,11 @@ ROUTES: Tuple[Route, ...] = (
             '{"port": N}: spawn on that port; {"url": "http://host:port"}: register an existing server; '
             'optional "weight" (0-1000) and "backup"',
         ),
+        ("service",),
     ),
     Route(
         "/servers/remove", ("DELETE",), "remove",
-        ("drain, deregister and (if spawned) stop a server: ?port=N or ?id=HOST:PORT",), ("port", "id"),
+        ("drain, deregister and (if spawned) stop a server: ?port=N or ?id=HOST:PORT",), ("port", "id", "service"),
     ),
     Route(
         "/servers/update", ("POST",), "update",
@@ -212,7 +217,7 @@ ROUTES: Tuple[Route, ...] = (
             'change a server (?port=N or ?id=): {"weight": N, "admin": "ready"|"draining"|"maintenance", '
             '"backup": true|false}',
         ),
-        ("port", "id"),
+        ("port", "id", "service"),
     ),
     Route(
         "/servers/{server}", ("GET", "PATCH", "DELETE"), "server",
@@ -221,6 +226,7 @@ ROUTES: Tuple[Route, ...] = (
             "change it, as POST /servers/update",
             "remove it, as DELETE /servers/remove",
         ),
+        ("service",),
     ),
 )
 
@@ -338,9 +344,9 @@ def _query(request: Any, route: Route) -> Dict[str, Any]:
         except UnicodeDecodeError:
             raise _invalid(name, "must be UTF-8 text") from None
         values[name] = _parse_port(text) if name == "port" else text
-        if name == "id" and not text:
-            raise _invalid("id", "must not be empty")
-    if route.query and not values:
+        if name in ("id", "service") and not text:
+            raise _invalid(name, "must not be empty")
+    if "port" in route.query and not set(values) - {"service"}:
         raise ApiError(
             400, "a server is required: ?port=N or ?id=HOST:PORT", {"field": "port", "problem": "is required"}
         )
@@ -378,6 +384,12 @@ class ManagerApi:
     manager: ServerManager
     token: Optional[str] = None
     metrics: Optional[Callable[[str], Tuple[bytes, str]]] = None
+    #: Every service's manager (C{?service=}); only C{manager}'s by default.
+    services: Optional[ServiceManagers] = None
+
+    def __attrs_post_init__(self) -> None:
+        if self.services is None:
+            self.services = ServiceManagers({"default": self.manager})
 
     async def handle(self, request: Any) -> Answer:
         body = _body(request)
@@ -395,7 +407,7 @@ class ManagerApi:
         if method == "HEAD":
             method = "GET"
         query = _query(request, route)
-        manager = self.manager
+        manager = self.services.get(query.get("service"))
         handler = route.handler
         if handler == "index":
             return Answer(200, self._index())
@@ -405,23 +417,25 @@ class ManagerApi:
             return Answer(200, openapi_document())
         if handler == "metrics":
             return self._metrics(request)
+        if handler == "services":
+            return Answer(200, self.services.describe())
         if handler == "list":
             return Answer(200, manager.servers())
         if handler == "add":
-            return await self._add(actor, body)
+            return await self._add(manager, actor, body, query.get("service"))
         if handler == "server":
-            server_id = self._server_id(server_ref)
+            server_id = self._server_id(manager, server_ref)
             if method == "GET":
                 return Answer(200, manager.describe(server_id))
             if method == "PATCH":
-                return Answer(200, await self._update(actor, server_id, body))
+                return Answer(200, await self._update(manager, actor, server_id, body))
             return Answer(200, await manager.remove(actor, server_id))
         server_id = manager.find(query.get("port"), query.get("id"))
         if handler == "get":
             return Answer(200, manager.describe(server_id))
         if handler == "remove":
             return Answer(200, await manager.remove(actor, server_id))
-        return Answer(200, await self._update(actor, server_id, body))
+        return Answer(200, await self._update(manager, actor, server_id, body))
 
     def _metrics(self, request: Any) -> Answer:
         if self.metrics is None:
@@ -430,7 +444,7 @@ class ManagerApi:
         body, content_type = self.metrics(accept.decode("latin-1") if accept else "")
         return Answer(200, RawBody(body, content_type))
 
-    def _server_id(self, reference: Optional[bytes]) -> str:
+    def _server_id(self, manager: ServerManager, reference: Optional[bytes]) -> str:
         assert reference is not None
         try:
             text = unquote(reference.decode("ascii"), errors="strict")
@@ -440,10 +454,10 @@ class ManagerApi:
             if len(text) > 5 or not 1 <= int(text) <= 65535:
                 # A path that names no server: not found, like any other.
                 raise ApiError(404, f"no server {text}", {"server": text})
-            return self.manager.find(port=int(text))
-        return self.manager.find(server_id=text)
+            return manager.find(port=int(text))
+        return manager.find(server_id=text)
 
-    async def _add(self, actor: Actor, body: bytes) -> Answer:
+    async def _add(self, manager: ServerManager, actor: Actor, body: bytes, service: Optional[str]) -> Answer:
         data = _json_object(body, False, _ADD_FIELDS) or {}
         weight = data.get("weight", 1)
         if not _is_int(weight) or not 0 <= weight <= 1000:
@@ -459,16 +473,18 @@ class ManagerApi:
             url = data["url"]
             if not isinstance(url, str):
                 raise _invalid("url", 'must be a URL string like "http://10.0.0.5:8080"')
-            described = await self.manager.add_external(actor, url, weight, backup)
+            described = await manager.add_external(actor, url, weight, backup)
         else:
             port = data.get("port")
             if "port" in data and (not _is_int(port) or not 1 <= port <= 65535):
                 raise _invalid("port", "must be a port number from 1 to 65535")
-            described = await self.manager.add_spawned(actor, port, weight, backup)
+            described = await manager.add_spawned(actor, port, weight, backup)
         location = "/servers/get?id=" + quote(described["id"], safe=":[]")
+        if service is not None:
+            location += "&service=" + quote(service, safe="")
         return Answer(201, described, [("Location", location)])
 
-    async def _update(self, actor: Actor, server_id: str, body: bytes) -> Dict[str, Any]:
+    async def _update(self, manager: ServerManager, actor: Actor, server_id: str, body: bytes) -> Dict[str, Any]:
         data = _json_object(body, True, _UPDATE_FIELDS)
         assert data is not None
         if not data:
@@ -490,7 +506,7 @@ class ManagerApi:
             "backup" in data and backup is None
         ):
             raise ApiError(400, "fields must not be null", {"problem": "null value"})
-        return await self.manager.update(actor, server_id, weight=weight, admin=admin, backup=backup)
+        return await manager.update(actor, server_id, weight=weight, admin=admin, backup=backup)
 
     def _index(self) -> Dict[str, Any]:
         lines = []

@@ -37,13 +37,14 @@ class ManagerResource(Resource):
     @param manager: the L{ServerManager}.
     @param token: the bearer token every request must carry, or None.
     @param metrics: renders C{GET /metrics} (see L{ManagerApi.metrics}).
+    @param services: every service's manager (L{ManagerApi.services}).
     """
 
     isLeaf = True
 
-    def __init__(self, manager: ServerManager, token: Optional[str] = None, metrics=None) -> None:
+    def __init__(self, manager: ServerManager, token: Optional[str] = None, metrics=None, services=None) -> None:
         super().__init__()
-        self.api = ManagerApi(manager, token, metrics)
+        self.api = ManagerApi(manager, token, metrics, services)
 
     def render(self, request: Any) -> Any:
         gone: List[bool] = []

@@ -122,10 +122,11 @@ def build_service(
 
 def build_services(config: Config, reactor: Any, access_log: Optional[Any] = None) -> Dict[str, Service]:
     """
-    Every service of C{config}, C{default} first (its backends are left to
-    the server manager).
+    Every service of C{config}, C{default} first, with empty pools: each
+    service's server manager loads its backends with its state file's
+    changes.
     """
     return {
-        name: build_service(name, settings, config, reactor, access_log, add_backends=name != DEFAULT_SERVICE)
+        name: build_service(name, settings, config, reactor, access_log, add_backends=False)
         for name, settings in service_configs(config).items()
     }

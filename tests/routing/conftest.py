@@ -9,7 +9,6 @@ import pytest
 import pytest_twisted
 
 from heimdall.config.model import parse_config
-from heimdall.config.services import default_service
 from heimdall.service import build_proxy
 
 
@@ -33,8 +32,9 @@ def routed(tracked, reactor):
     def start(data):
         config = parse_config({"access_log": {"enabled": False}, **data})
         proxy = build_proxy(config, reactor)
-        for entry in default_service(config).backends:
-            proxy.default.pool.add(entry.backend, backup=entry.backup, max_connections=entry.max_connections)
+        for service in proxy.services.values():
+            for entry in service.settings.backends:
+                service.pool.add(entry.backend, backup=entry.backup, max_connections=entry.max_connections)
         listening = tracked.listen(proxy.site)
         for service in proxy.services.values():
             tracked.cleanups.append(service.upstream.close_all)
