@@ -464,6 +464,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     )
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
+    # A spawner may signal us as soon as the port accepts connections, which
+    # is before reactor.run installs its handlers: stop cleanly from then on.
+    import signal
+
+    def stop_soon(signum, frame) -> None:
+        reactor.callFromThread(reactor.stop)
+
+    signal.signal(signal.SIGTERM, stop_soon)
+    signal.signal(signal.SIGINT, stop_soon)
+
     try:
         listening = listen_backend(
             reactor=reactor,

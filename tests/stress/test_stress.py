@@ -129,7 +129,10 @@ def test_open_loop_rate_with_html_report(heimdall, tmp_path):
     assert all(row["rate"] == pytest.approx(200, rel=0.03) for row in result["timeline"])
     assert "open loop at 200 req/s" in run.stdout
     # Plain progress lines, one per second, when stdout is not a terminal.
-    assert re.search(r"^\[\s+1\.0s\]\s+200 req/s", run.stdout, re.M), run.stdout
+    # The first second's line shows the paced rate (within 5%: a loaded
+    # machine may start a few sends late).
+    first = re.search(r"^\[\s+1\.0s\]\s+(\d+) req/s", run.stdout, re.M)
+    assert first and abs(int(first.group(1)) - 200) <= 10, run.stdout
     page = report.read_text()
     _check_html(page)
     for chart in ("chart-latency-over-time", "chart-latency-histogram", "chart-backends"):
