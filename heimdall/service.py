@@ -334,6 +334,8 @@ class HeimdallService(service.MultiService):
         # managed servers are spawned when the service starts.
         states = {DEFAULT_SERVICE: self.preflight_result.state, **self.preflight_result.service_states}
         self._to_restore = {name: m.load(states.get(name)) for name, m in self.managers.managers.items()}
+        for name, state in states.items():
+            self.managers.restore_strategy(name, state)
         self.metrics, self._detach_metrics = build_metrics(config, proxy, self.spawner, self.manager, self.tls)
         self.manager_resource, self.manager_site = build_manager_site(
             self.managers, self.preflight_result.token, self.metrics, reactor

@@ -196,6 +196,12 @@ ROUTES: Tuple[Route, ...] = (
     Route("/openapi.json", ("GET",), "openapi", ("the OpenAPI 3.1 description of this API",)),
     Route("/metrics", ("GET",), "metrics", ("Prometheus metrics (text exposition, or OpenMetrics on request)",)),
     Route("/services", ("GET",), "services", ("every service with its strategy, counts and routes",)),
+    Route(
+        "/services/update", ("POST",), "service_update",
+        ('change a service (?service=NAME, default without it): {"strategy": "least_connections"} or '
+         '{"strategy": {"name": "hash", ...options}}',),
+        ("service",),
+    ),
     Route("/servers/list", ("GET",), "list", ("every server, as a JSON array",), ("service",)),
     Route("/servers/get", ("GET",), "get", ("one server: ?port=N or ?id=HOST:PORT",), ("port", "id", "service")),
     Route(
@@ -419,6 +425,11 @@ class ManagerApi:
             return self._metrics(request)
         if handler == "services":
             return Answer(200, self.services.describe())
+        if handler == "service_update":
+            data = _json_object(body, True, ("strategy",))
+            if "strategy" not in data:
+                raise ApiError(400, "nothing to change: give strategy", {"known": ["strategy"]})
+            return Answer(200, await self.services.set_strategy(actor, query.get("service"), data["strategy"]))
         if handler == "list":
             return Answer(200, manager.servers())
         if handler == "add":

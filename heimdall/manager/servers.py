@@ -100,10 +100,8 @@ class ServerManager:
     down) and L{StateNotSaved} (applied, not persisted).
 
     @ivar pool: the proxy's backend pool.
-    @ivar spawner: a L{heimdall.manager.spawner.ServerSpawner} (or a fake with
-        C{spawn(port, avoid)}, C{stop(port)}, C{has(port)},
-        C{subscribe_exit}, C{unsubscribe_exit}, C{host}, C{base_port},
-        C{port_range}).
+    @ivar spawner: a L{heimdall.manager.spawner.ServerSpawner} (or a fake with C{spawn(port, avoid)},
+        C{stop(port)}, C{has(port)}, C{subscribe_exit}, C{unsubscribe_exit}, C{host}, C{base_port}, C{port_range}).
     @ivar clock: L{IReactorTime}.
     @ivar writer: writes the state file.
     @ivar drain_timeout: how long a removal waits for in-flight requests.
@@ -125,6 +123,8 @@ class ServerManager:
     restart_policy: RestartPolicy = attrs.field(factory=RestartPolicy)
     config_backends: Sequence[Any] = ()
     strategy_name: str = "round_robin"
+    #: The strategy set at runtime ({"name": ..., options}), kept in the state file; None: the config's.
+    strategy_override: Optional[Mapping[str, Any]] = None
     info: Mapping[str, Any] = attrs.field(factory=dict)
     port_free: Callable[[str, int], bool] = is_port_free
     started_at: float = attrs.field(init=False, default=0.0)
@@ -642,7 +642,7 @@ class ServerManager:
                 )
             )
         removed = tuple(backend_id for backend_id in self._config_ids if backend_id not in present)
-        return State(tuple(servers), tuple(changes), removed)
+        return State(tuple(servers), tuple(changes), removed, self.strategy_override)
 
     async def _persist(self) -> None:
         try:

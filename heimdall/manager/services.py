@@ -18,8 +18,8 @@ import attrs
 from twisted.internet.defer import DeferredList
 
 from heimdall.config.services import DEFAULT_SERVICE
-from heimdall.errors import ServiceNotFound
-from heimdall.manager.servers import ServerManager
+from heimdall.errors import ConfigError, InvalidChange, ServiceNotFound, StateNotSaved
+from heimdall.manager.servers import Actor, ServerManager
 
 __all__ = ["ServiceManagers", "service_state_path"]
 
@@ -85,6 +85,55 @@ class ServiceManagers:
                 "state_file": manager.writer.path,
             })
         return described
+
+    async def set_strategy(self, actor: Actor, name: Optional[str], strategy: Any) -> Dict[str, Any]:
+        """
+        Give service C{name} the strategy C{strategy} (a name, or
+        C{{"name": ..., options}}, checked like the config's) now, and keep
+        it in its state file.
+
+        @raise InvalidChange: naming the problem.
+        """
+        manager = self.get(name)
+        chosen = self._strategy(strategy)
+        self._apply(manager, chosen)
+        manager._log_change("strategy", name or DEFAULT_SERVICE, actor, chosen.name)
+        try:
+            await manager.writer.save(manager.snapshot())
+        except Exception as e:
+            raise StateNotSaved("the change was applied but could not be saved to the state file",
+                                {"state_file": manager.writer.path, "problem": str(e)}) from None
+        return self.describe_one(name or DEFAULT_SERVICE)
+
+    def restore_strategy(self, name: str, state: Any) -> None:
+        """
+        Apply the strategy a state file kept for service C{name}, if any (at start).
+        """
+        if state is not None and state.strategy is not None:
+            self._apply(self.managers[name], self._strategy(state.strategy))
+
+    @staticmethod
+    def _strategy(strategy: Any):
+        from heimdall.config.model import _parse_strategy
+
+        try:
+            return _parse_strategy(strategy, "strategy")
+        except ConfigError as e:
+            raise InvalidChange(str(e), {"field": e.path, "problem": e.problem}) from None
+
+    @staticmethod
+    def _apply(manager: ServerManager, chosen: Any) -> None:
+        import random
+
+        from heimdall.strategies.registry import default_registry
+
+        pool = manager.pool
+        pool.set_strategy(default_registry().create(chosen.name, dict(chosen.options), random.Random(), pool.clock))
+        manager.strategy_name = chosen.name
+        manager.strategy_override = {"name": chosen.name, **dict(chosen.options)}
+
+    def describe_one(self, name: str) -> Dict[str, Any]:
+        return next(service for service in self.describe() if service["name"] == name)
 
     def stop(self):
         """

@@ -157,6 +157,9 @@ class State:
     servers: Tuple[ServerRecord, ...] = attrs.field(default=(), converter=tuple)
     config_changes: Tuple[ConfigChange, ...] = attrs.field(default=(), converter=tuple)
     config_removed: Tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    #: The strategy set through the manager (C{{"name": ..., options}}),
+    #: checked like the config's when applied; None: the config's.
+    strategy: Optional[Any] = attrs.field(default=None, hash=False)
 
     def change_for(self, backend_id: str) -> Optional[ConfigChange]:
         for change in self.config_changes:
@@ -197,6 +200,8 @@ def dump_state(state: State) -> str:
         "config_changes": [_change_json(change) for change in state.config_changes],
         "config_removed": list(state.config_removed),
     }
+    if state.strategy is not None:
+        document["strategy"] = dict(state.strategy)
     return json.dumps(document, indent=2) + "\n"
 
 
@@ -208,7 +213,8 @@ def parse_state(data: Any) -> State:
     """
     try:
         document = read_object(
-            data, "document", ("version", "servers", "config_changes", "config_removed"), required=("version",)
+            data, "document", ("version", "servers", "config_changes", "config_removed", "strategy"),
+            required=("version",),
         )
         version = document["version"]
         if version != STATE_VERSION:
@@ -236,9 +242,12 @@ def parse_state(data: Any) -> State:
         for index, item in enumerate(removed):
             if not isinstance(item, str) or not item:
                 raise ReadError(f"config_removed[{index}]", 'must be a backend id like "10.0.0.5:8080"')
+        strategy = document.get("strategy")
+        if strategy is not None and not (isinstance(strategy, dict) and isinstance(strategy.get("name"), str)):
+            raise ReadError("strategy", 'must be an object like {"name": "round_robin"}')
     except ReadError as e:
         raise ValueError(str(e)) from None
-    return State(servers, changes, removed)
+    return State(servers, changes, removed, strategy)
 
 
 def load_state(path: str) -> Optional[State]:

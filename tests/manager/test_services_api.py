@@ -2,7 +2,7 @@
 The manager API per service, against a twistd heimdall with two services:
 the seed routes with and without ?service=, GET /services, an unknown
 service, and each service's changes surviving a restart (its own state
-file).
+file), a service's strategy changed at runtime.
 """
 
 from __future__ import annotations
@@ -49,6 +49,11 @@ def test_the_seed_api_with_and_without_service(run_heimdall, tmp_path):
 
     status, updated = h.call("POST", f"/servers/update?port={api['port']}&service=api", {"weight": 5})
     assert status == 200 and updated["weight"] == 5
+    status, error = h.call("POST", "/services/update?service=api", {"strategy": "least_conections"})
+    assert status == 400 and 'did you mean "least_connections"' in error["error"]
+    status, changed = h.call("POST", "/services/update?service=api", {"strategy": "least_connections"})
+    assert status == 200 and changed["strategy"] == "least_connections"
+    assert h.call("GET", "/services")[1][0]["strategy"] == "round_robin"  # default unchanged
     h.stop()
     assert (tmp_path / "heimdall-state.api.json").exists()
 
@@ -58,3 +63,4 @@ def test_the_seed_api_with_and_without_service(run_heimdall, tmp_path):
     assert (restored["id"], restored["weight"], restored["managed"]) == (api["id"], 5, True)
     assert [s["id"] for s in _wait_until(lambda: again.call("GET", "/servers/list")[1])] == [web["id"]]
     assert _backend_of(again.proxy + "/api/") == api["id"]
+    assert [s["strategy"] for s in again.call("GET", "/services")[1]] == ["round_robin", "least_connections"]

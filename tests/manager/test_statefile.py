@@ -189,3 +189,14 @@ def test_writer_reports_a_failure_to_each_waiter(tmp_path):
     results = []
     writer.save(STATE).addCallback(results.append)
     assert results == [None] and load_state(writer.path) == STATE
+
+
+def test_a_strategy_set_at_runtime_round_trips_and_a_bad_one_is_named():
+    from heimdall.manager.statefile import State, dump_state, parse_state
+    from heimdall.config.reader import loads
+
+    state = State(strategy={"name": "hash", "key": "header:x-user"})
+    assert parse_state(loads(dump_state(state))).strategy == {"name": "hash", "key": "header:x-user"}
+    assert "strategy" not in dump_state(State())
+    with pytest.raises(ValueError, match="strategy: must be an object"):
+        parse_state({"version": 1, "strategy": "hash"})
