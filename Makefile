@@ -6,7 +6,7 @@ PIP     = $(PY) -m pip --disable-pip-version-check -q
 CONFIG ?= config.json
 STAMP   = $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test test-pypy install bench bench-pypy clean
+.PHONY: run test test-pypy install bench bench-routes bench-pypy clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
