@@ -79,7 +79,7 @@ $(PYPY_VENV)/bin/python:
 # backtracks for minutes down to treq 15).
 PYPY_TEST_DEPS = 'twisted==26.4.0' 'cryptography==43.0.3' 'pyopenssl==25.1.0' service_identity idna \
   attrs zope.interface prometheus_client hyperlink incremental multipart typing_extensions \
-  pytest pytest-twisted hypothesis
+  pytest pytest-twisted hypothesis websockets
 PYPY_TEST_STAMP = $(PYPY_VENV)/.test-installed-$(shell echo "$(PYPY_TEST_DEPS)" | cksum | cut -d' ' -f1)
 $(PYPY_TEST_STAMP): $(PYPY_VENV)/bin/python
 	$(PYPY_VENV)/bin/python -m pip --disable-pip-version-check -q install $(PYPY_TEST_DEPS)

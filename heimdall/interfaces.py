@@ -89,8 +89,19 @@ class IUpstreamResponseHandler(Interface):
     """
     Receives one upstream response from an
     L{heimdall.proxy.upstream.UpstreamConnection}.  Exactly one of
-    C{response_finished} or C{response_failed} is called last, once.
+    C{response_finished}, C{response_failed} or C{switched_protocols} is
+    called last, once.
     """
+
+    def switched_protocols(reason, headers, rest):
+        """
+        The backend answered 101 to a request sent with the connection's
+        C{expect_upgrade} set: the connection left HTTP and is never
+        reused; the handler attaches a tunnel to it (C{attach_tunnel}).
+
+        @param headers: the 101's (name, value) byte pairs, as received.
+        @param rest: bytes the backend sent after the 101 head.
+        """
 
     def head_received(status, reason, headers, content_length):
         """

@@ -216,6 +216,8 @@ class TimeoutsConfig:
     @ivar client_header: a client must finish sending its request line and
         headers within this.
     @ivar client_idle: how long an idle keep-alive client connection is kept.
+    @ivar tunnel_idle: an Upgrade tunnel (WebSocket) with no byte either
+        way for this long is closed.
     """
 
     connect: float = duration(5.0)
@@ -223,6 +225,7 @@ class TimeoutsConfig:
     idle_upstream: float = duration(30.0)
     client_header: float = duration(10.0)
     client_idle: float = duration(75.0)
+    tunnel_idle: float = duration(3600.0)
 
 
 @attrs.frozen

@@ -50,7 +50,7 @@ DEFAULT_SERVICE = "default"
 #: The timeouts a service may set; the others belong to the listener.
 SERVICE_TIMEOUTS = tuple(
     name
-    for name in ("connect", "response", "idle_upstream", "upstream_read", "request")
+    for name in ("connect", "response", "idle_upstream", "upstream_read", "request", "tunnel_idle")
     if name in attrs.fields_dict(TimeoutsConfig)
 )
 

@@ -25,6 +25,7 @@ from heimdall.proxy.body import RequestBody
 from heimdall.proxy.h2 import tls_version
 from heimdall.proxy.headers import HOP_BY_HOP, connection_tokens, upstream_request_headers
 from heimdall.proxy.site import HeimdallRequest
+from heimdall.proxy.tunnel import Tunnel, switching_head, upgrade_token
 
 __all__ = ["IDEMPOTENT_METHODS", "ProxyExchange", "RequestRecord", "STALE", "response_headers", "upstream_target"]
 
@@ -211,6 +212,9 @@ class ProxyExchange:
         self.request_id = None
         # The TLS version the client came over; None over plain TCP.
         self.tls: Optional[str] = None
+        # The Upgrade value sent upstream (a tunnel on 101), or None.
+        self.upgrade: Optional[bytes] = None
+        self.tunnel = None
 
     # -- start -------------------------------------------------------------
 
@@ -255,6 +259,9 @@ class ProxyExchange:
             if rewrite.host is not None:
                 self.host = rewrite.host
             self.headers = rewrite.request_headers(self.headers)
+        self.upgrade = upgrade_token(request) if getattr(request.channel, "hand_over", None) else None
+        if self.upgrade is not None:
+            self.headers += [(b"Connection", b"Upgrade"), (b"Upgrade", self.upgrade)]
         self.request_id = _request_id(request.getHeader(b"x-request-id"))
         if self.request_id is not None and self.request_id[1]:
             self.headers.append((b"X-Request-ID", self.request_id[0]))
@@ -351,6 +358,7 @@ class ProxyExchange:
         else:
             body_length = body.length if body.length is not None else -1
         self.sent_at = self.clock.seconds()
+        conn.expect_upgrade = self.upgrade is not None
         conn.send_request(request.method, self.target, self.host, self.headers, body_length, self)
         if body is None:
             self._request_sent()
@@ -384,6 +392,29 @@ class ProxyExchange:
         # Forward the head now, not with the first body bytes: a streaming
         # response (server-sent events, long polls) must not wait.
         request.write(b"")
+
+    def switched_protocols(self, reason, headers, rest) -> None:
+        """
+        The backend answered 101 to an upgrade: forward it and tunnel both
+        connections (L{heimdall.proxy.tunnel}); the lease is held, and the
+        access log written, until the tunnel closes.
+        """
+        conn, self.conn = self.conn, None
+        self.ttfb = self.clock.seconds() - self.sent_at
+        self.status = 101
+        request = self.request
+        request.exchange = None  # the tunnel tells us when it ends
+        client_headers = response_headers(headers)
+        upgrade = b", ".join(v for n, v in headers if n.lower() == b"upgrade") or self.upgrade
+        resource = self.resource
+        self.tunnel = Tunnel(request.channel, conn, resource.tunnels, self.clock, resource.tunnel_idle, self._tunnel_closed)
+        self.tunnel.start(switching_head(reason, client_headers, upgrade), b"", rest)
+
+    def _tunnel_closed(self, tunnel) -> None:
+        self.lease.release(Outcome(status=101, ttfb=self.ttfb, ttlb=tunnel.duration))
+        self.bytes_out = tunnel.bytes_downstream
+        self.done = True
+        self._log_access(101)
 
     def _retry_answered(self, status: int) -> bool:
         """
@@ -564,7 +595,8 @@ class ProxyExchange:
             backend=self.member.id if self.member is not None else None,
             upstream_time=(now - self.sent_at) if self.sent_at is not None else None,
             total_time=now - self.started_at,
-            bytes_in=self.body.received if self.body is not None else 0,
+            bytes_in=self.body.received if self.body is not None else (
+                self.tunnel.bytes_upstream if self.tunnel is not None else 0),
             bytes_out=self.bytes_out,
             attempts=self.attempts,
             ttfb=self.ttfb,

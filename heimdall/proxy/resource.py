@@ -45,6 +45,7 @@ from heimdall.pool.pool import BackendPool
 from heimdall.pool.values import EventKind
 from heimdall.proxy.exchange import ProxyExchange, RequestRecord
 from heimdall.proxy.retry_budget import RETRY_ON_CHOICES
+from heimdall.proxy.tunnel import TunnelStats
 from heimdall.proxy.upstream import UpstreamPool
 
 __all__ = ["BalancerResource", "ProxyExchange", "RequestRecord"]
@@ -92,6 +93,7 @@ class BalancerResource(ReverseProxyResource):
         retry_budget=None,
         service: str = "default",
         queue=None,
+        tunnel_idle: float = _TIMEOUTS.tunnel_idle,
     ) -> None:
         """
         @param service: the name of the service it serves, for the access
@@ -125,6 +127,10 @@ class BalancerResource(ReverseProxyResource):
         # heimdall.proxy.retry_budget); None: only `retries` limits them.
         self.retry_budget = retry_budget
         self.response_timeout = response_timeout
+        # Upgrade tunnels (WebSocket): closed after this long without a
+        # byte either way; counted for the metrics.
+        self.tunnel_idle = tunnel_idle
+        self.tunnels = TunnelStats()
         self.max_body_bytes = max_body_bytes
         self.trusted_proxies = tuple(trusted_proxies)
         self.path_prefix = path_prefix.rstrip(b"/")

@@ -194,7 +194,13 @@ class HeimdallChannel(http.HTTPChannel):
         super().connectionMade()
         self._arm_header_timer()
 
+    #: The tunnel this connection was handed over to (see L{hand_over}).
+    tunnel = None
+
     def dataReceived(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.client_data(data)
+            return
         if self._rejected:
             return
         if self._head_started is None and not self._in_body():
@@ -327,8 +333,27 @@ class HeimdallChannel(http.HTTPChannel):
                 call.cancel()
             setattr(self, name, None)
 
+    def hand_over(self, tunnel) -> bytes:
+        """
+        The connection leaves HTTP (an upgrade got 101): from now on its
+        bytes go to C{tunnel.client_data} and its end to
+        C{tunnel.client_lost}; the channel stops being the transport's
+        producer, and its timers stop.  Returns the bytes the client sent
+        after the request, which the channel had buffered.
+        """
+        self.stop_timers()
+        self.timeOut = None
+        self.tunnel = tunnel
+        self._networkProducer.unregisterProducer()
+        buffered, self._dataBuffer = b"".join(self._dataBuffer), []
+        return buffered
+
     def connectionLost(self, reason) -> None:
         self.stop_timers()
+        tunnel = self.tunnel
+        if tunnel is not None:
+            self.tunnel = None
+            tunnel.client_lost(reason)
         super().connectionLost(reason)
 
 

@@ -159,6 +159,10 @@ class UpstreamConnection(Protocol):
         self._lost_waiters: List[defer.Deferred] = []
         self._deadline: Optional[float] = None
         self._deadline_call = None
+        #: Set by the exchange for a request with an Upgrade: a 101 then
+        #: hands the connection to a tunnel (L{attach_tunnel}).
+        self.expect_upgrade = False
+        self._tunnel = None
 
     # -- IProtocol -------------------------------------------------------------
 
@@ -175,6 +179,9 @@ class UpstreamConnection(Protocol):
         self._state = _DEAD
         self._handler = None
         self._pool._connection_lost(self)
+        tunnel, self._tunnel = self._tunnel, None
+        if tunnel is not None:
+            tunnel.upstream_lost(reason)
         if handler is not None:
             if state == _UNTIL_CLOSE:
                 handler.response_finished()
@@ -333,6 +340,9 @@ class UpstreamConnection(Protocol):
     # -- parsing -----------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
+        if self._tunnel is not None:
+            self._tunnel.upstream_data(data)
+            return
         if self._handler is None:
             # Bytes nobody asked for: the connection cannot be trusted.
             self.abort()
@@ -388,13 +398,35 @@ class UpstreamConnection(Protocol):
         rest = buffer[end + 4 :]
         if 100 <= status < 200:
             if status == 101:
-                raise _BadResponse("unexpected 101 Switching Protocols")
+                if not self.expect_upgrade:
+                    raise _BadResponse("unexpected 101 Switching Protocols")
+                return self._switch(reason, headers, rest)
             return rest  # interim response: the real head follows
 
         self._deadline = None  # a final response head arrived in time
         tokens = {t.strip() for t in connection.split(b",")}
         keep_alive = (b"keep-alive" in tokens) if http10 else (b"close" not in tokens)
         return self._start_body(status, reason, headers, lengths, transfer_codings, keep_alive, rest)
+
+    def _switch(self, reason: bytes, headers: list, rest: bytes) -> bytes:
+        """
+        A 101 to an upgrade request: the connection leaves HTTP (it is
+        never reused) and the handler builds a tunnel over it.
+        """
+        handler = self._handler
+        self._handler = None
+        self._state = _DEAD
+        self._keep_alive = False
+        self._deadline = None
+        handler.switched_protocols(reason, headers, rest)
+        return b""
+
+    def attach_tunnel(self, tunnel) -> None:
+        """
+        From now on bytes from the backend go to C{tunnel}'s
+        C{upstream_data}, and the connection's end to its C{upstream_lost}.
+        """
+        self._tunnel = tunnel
 
     def _start_body(
         self,

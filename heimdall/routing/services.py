@@ -113,6 +113,7 @@ def build_service(
         retry_budget=build_retry_budget(settings.health.retry_budget, reactor),
         service=name,
         queue=queue,
+        tunnel_idle=timeouts.tunnel_idle,
     )
     if add_backends:
         for entry in settings.backends:

@@ -39,6 +39,9 @@ class Recorder:
     def response_timed_out(self):
         self.failed = ("timeout", False)
 
+    def switched_protocols(self, reason, headers, rest):
+        self.switched = (reason, headers, rest)
+
 
 def _conn():
     pool = UpstreamPool(reactor=Clock())
@@ -147,6 +150,41 @@ def test_malformed_responses_fail_and_close(response):
     assert recorder.failed == ("bad_response", True)
     assert not recorder.finished
     assert transport.disconnecting or transport.disconnected
+
+
+class _TunnelEnd:
+    def __init__(self):
+        self.data = b""
+        self.lost = False
+
+    def upstream_data(self, data):
+        self.data += data
+
+    def upstream_lost(self, reason):
+        self.lost = True
+
+
+def test_101_to_an_upgrade_leaves_http_for_a_tunnel():
+    from twisted.python.failure import Failure
+    from twisted.internet.error import ConnectionDone
+
+    conn, transport, pool = _conn()
+    recorder = Recorder()
+    conn.expect_upgrade = True
+    conn.send_request(b"GET", b"/ws", b"h", [(b"Connection", b"Upgrade"), (b"Upgrade", b"websocket")], None, recorder)
+    conn.dataReceived(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nearly")
+    reason, headers, rest = recorder.switched
+    assert reason == b"Switching Protocols" and (b"Upgrade", b"websocket") in headers and rest == b"early"
+    assert recorder.head is None and not recorder.finished and recorder.failed is None
+    assert not conn.reusable
+    end = _TunnelEnd()
+    conn.attach_tunnel(end)
+    conn.dataReceived(b"\x81\x05hello")  # not HTTP any more: passed on as is
+    assert end.data == b"\x81\x05hello"
+    pool.release(conn)  # refused: never pooled
+    assert pool.idle_count() == 0
+    conn.connectionLost(Failure(ConnectionDone()))
+    assert end.lost
 
 
 def test_reset_before_any_byte_reports_not_started():
