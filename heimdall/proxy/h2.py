@@ -90,10 +90,13 @@ class HeimdallStreamRequest(HeimdallRequest):
     _reject_code = 0
     _head_bytes = 0
 
+    @property
+    def body_limit(self) -> int:
+        return self.channel.site.max_body_bytes
+
     def gotLength(self, length: Optional[int]) -> None:
         self.content = BytesIO()
-        site = self.channel.site
-        limit = site.max_body_bytes
+        limit = self.body_limit
         if length is not None and limit and length > limit:
             self._reject_code = 413
             self._rejected = True

@@ -85,10 +85,17 @@ class HeimdallRequest(server.Request):
         if length != 0:
             self.body = RequestBody(length, self.channel.transport)
 
+    @property
+    def body_limit(self) -> int:
+        """
+        The body size limit (0: none): the channel's.
+        """
+        return self.channel.max_body_bytes
+
     def handleContentChunk(self, data: bytes) -> None:
         if self._rejected or self.body is None:
             return
-        limit = self.channel.max_body_bytes
+        limit = self.body_limit
         if limit and self.body.received + len(data) > limit:
             self._rejected = True
             self._body_too_large()

@@ -17,7 +17,6 @@ response machinery (see ../shared/GUIDE.md).
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Dict, List, Optional, Set
 
 import attrs
@@ -31,6 +30,7 @@ from heimdall.clock import maybe_global_reactor
 from heimdall.config.model import TimeoutsConfig, UpstreamConfig
 from heimdall.interfaces import IRequestBodyConsumer
 from heimdall.pool.values import Backend, FailureKind
+from heimdall.proxy.endpoints import backend_endpoint
 
 _log = Logger()
 
@@ -159,8 +159,7 @@ class UpstreamConnection(Protocol):
         self._lost_waiters: List[defer.Deferred] = []
         self._deadline: Optional[float] = None
         self._deadline_call = None
-        #: Set by the exchange for a request with an Upgrade: a 101 then
-        #: hands the connection to a tunnel (L{attach_tunnel}).
+        # Set for a request with an Upgrade: a 101 then hands the connection to a tunnel.
         self.expect_upgrade = False
         self._tunnel = None
 
@@ -422,10 +421,7 @@ class UpstreamConnection(Protocol):
         return b""
 
     def attach_tunnel(self, tunnel) -> None:
-        """
-        From now on bytes from the backend go to C{tunnel}'s
-        C{upstream_data}, and the connection's end to its C{upstream_lost}.
-        """
+        """From now on bytes go to C{tunnel.upstream_data}, the end to C{upstream_lost}."""
         self._tunnel = tunnel
 
     def _start_body(
@@ -696,27 +692,9 @@ class UpstreamPool:
         return endpoint
 
     def _make_endpoint(self, backend: Backend):
-        from twisted.internet import endpoints
-
-        try:
-            ip = ipaddress.ip_address(backend.host)
-        except ValueError:
-            ip = None
-        if ip is None:
-            endpoint = endpoints.HostnameEndpoint(
-                self.reactor, backend.host, backend.port, timeout=self.connect_timeout
-            )
-        elif ip.version == 4:
-            endpoint = endpoints.TCP4ClientEndpoint(
-                self.reactor, backend.host, backend.port, timeout=self.connect_timeout
-            )
-        else:
-            endpoint = endpoints.TCP6ClientEndpoint(
-                self.reactor, backend.host, backend.port, timeout=self.connect_timeout
-            )
-        if backend.scheme == "https":
+        creator = None
+        if backend.scheme == "https" and self.tls_trust_root is not None:
             from twisted.internet.ssl import optionsForClientTLS
 
-            options = optionsForClientTLS(backend.host, trustRoot=self.tls_trust_root)
-            endpoint = endpoints.wrapClientTLS(options, endpoint)
-        return endpoint
+            creator = optionsForClientTLS(backend.host, trustRoot=self.tls_trust_root)
+        return backend_endpoint(self.reactor, backend, self.connect_timeout, creator)
