@@ -52,7 +52,7 @@ from twisted.logger import Logger
 
 from heimdall.clock import maybe_global_reactor
 from heimdall.errors import BackendsBusy, NoBackendAvailable
-from heimdall.interfaces import IInFlightAware, ILoadAware, IStrategy
+from heimdall.interfaces import IInFlightAware, ILoadAware, IResponseObserver, IStrategy
 from heimdall.pool.context import RequestContext
 from heimdall.pool.values import AdminState, Backend, CheckResult, EventKind, Health, Outcome, PoolEvent
 
@@ -251,6 +251,9 @@ class BackendPool:
     _tier_limited: bool = attrs.field(init=False, default=False)
     # The strategy, if it provides ILoadAware (told of every change).
     _load_aware: Optional[Any] = attrs.field(init=False, default=None)
+    #: The strategy, if it provides IResponseObserver (the proxy tells it
+    #: of every response head); found once per strategy, not per response.
+    response_observer: Optional[Any] = attrs.field(init=False, default=None)
     _ramp: Optional[LoopingCall] = attrs.field(init=False, default=None)
     _ramp_weights: tuple = attrs.field(init=False, default=())
 
@@ -263,6 +266,7 @@ class BackendPool:
         if IInFlightAware.providedBy(strategy):
             strategy.attach_in_flight_total(self.in_flight_total)
         self._load_aware = strategy if ILoadAware.providedBy(strategy) else None
+        self.response_observer = strategy if IResponseObserver.providedBy(strategy) else None
 
     def in_flight_total(self) -> int:
         """

@@ -18,7 +18,7 @@ from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
 from heimdall.errors import BackendsBusy, NoBackendAvailable
-from heimdall.interfaces import IClientExchange, IResponseObserver, IUpstreamResponseHandler
+from heimdall.interfaces import IClientExchange, IUpstreamResponseHandler
 from heimdall.pool.context import RequestContext
 from heimdall.pool.values import FailureKind, Outcome
 from heimdall.proxy.body import RequestBody
@@ -385,9 +385,9 @@ class ProxyExchange:
             request.responseHeaders._rawHeaders[b"X-Request-Id"] = [self.request_id[0]]
         if self.rewrite is not None:
             self.rewrite.response_headers(request.responseHeaders)
-        strategy = self.resource.pool.strategy
-        if IResponseObserver.providedBy(strategy):
-            strategy.response_started(self.context, self.member, request)
+        observer = self.resource.pool.response_observer
+        if observer is not None:
+            observer.response_started(self.context, self.member, request)
         request.registerProducer(self.conn, True)
         # Forward the head now, not with the first body bytes: a streaming
         # response (server-sent events, long polls) must not wait.
@@ -471,12 +471,7 @@ class ProxyExchange:
         # A reused connection that the backend had closed is not a backend
         # failure, just the keep-alive race.
         self.lease.release(Outcome(failure=None if stale else kind))
-        replayable = (
-            not response_started
-            and self.request.method in IDEMPOTENT_METHODS
-            and (self.body is None or self.body.replayable)
-        )
-        if replayable:
+        if not response_started and self._replayable_after_answer():
             if not stale:
                 self.avoid.append(self.member)
             if self._retry(STALE if stale else kind.value):

@@ -59,11 +59,28 @@ def network_transport(request: Any) -> Any:
     return transport
 
 
+_UNKNOWN = object()
+
+
 def tls_version(request: Any) -> Optional[str]:
     """
     The TLS version (C{"TLSv1.3"}) the request came over, or L{None}.
+
+    It is the connection's, so it is read once per connection and kept on
+    the connection's protocol (the channel, or an HTTP/2 stream's
+    connection); the later requests on it only look it up.
     """
-    transport = network_transport(request)
+    channel = request.channel
+    owner = channel if channel.transport is not None else getattr(channel, "_conn", None)
+    version = getattr(owner, "heimdall_tls_version", _UNKNOWN)
+    if version is _UNKNOWN:
+        version = _read_tls_version(network_transport(request))
+        if owner is not None and version is not None:
+            owner.heimdall_tls_version = version
+    return version
+
+
+def _read_tls_version(transport: Any) -> Optional[str]:
     get_handle = getattr(transport, "getHandle", None)
     if get_handle is None:
         return None

@@ -157,8 +157,7 @@ class BalancerResource(ReverseProxyResource):
         return self
 
     def render(self, request):
-        ProxyExchange(self, request).start()
-        return NOT_DONE_YET
+        return self.serve(request)
 
     def serve(self, request, rewrite=None):
         """

@@ -255,3 +255,15 @@ def test_bounded_load_hash_strategy_gets_the_pool_total():
     assert IInFlightAware.providedBy(strategy)
     pool = BackendPool(strategy, clock=clock)
     assert strategy.in_flight_total == pool.in_flight_total
+
+
+def test_response_observer_follows_the_strategy():
+    # The proxy asks the pool, not the strategy's interfaces, per response.
+    pool, clock = _pool()
+    registry = default_registry()
+    assert pool.response_observer is None
+    sticky = registry.create("sticky_round_robin", {}, random.Random(0), clock)
+    pool.set_strategy(sticky)
+    assert pool.response_observer is sticky
+    pool.set_strategy(registry.create("round_robin", {}, random.Random(0), clock))
+    assert pool.response_observer is None

@@ -89,3 +89,30 @@ def test_the_defaults_are_the_configs():
     assert upstream.max_idle_per_backend == UpstreamConfig().max_idle_per_backend
     # One name per role: the clock times, the upstream's reactor connects.
     assert resource.reactor is upstream.reactor is resource.clock
+
+
+def test_tls_version_is_read_once_per_connection():
+    # The version is the connection's: later requests on it (HTTP/1.1
+    # keep-alive, or HTTP/2 streams of one connection) do not ask OpenSSL.
+    from types import SimpleNamespace
+
+    from heimdall.proxy.h2 import tls_version
+
+    asked = []
+
+    def version_name():
+        asked.append(1)
+        return "TLSv1.3"
+
+    handle = SimpleNamespace(get_protocol_version_name=version_name)
+    transport = SimpleNamespace(getHandle=lambda: handle)
+    channel = SimpleNamespace(transport=transport)
+    assert [tls_version(SimpleNamespace(channel=channel)) for _ in range(3)] == ["TLSv1.3"] * 3
+    assert len(asked) == 1
+    # An HTTP/2 stream has no transport: its connection's is read and kept.
+    connection = SimpleNamespace(transport=transport)
+    streams = [SimpleNamespace(channel=SimpleNamespace(transport=None, _conn=connection)) for _ in range(3)]
+    assert [tls_version(stream) for stream in streams] == ["TLSv1.3"] * 3
+    assert len(asked) == 2
+    # Plain TCP: no version.
+    assert tls_version(SimpleNamespace(channel=SimpleNamespace(transport=StringTransport()))) is None
