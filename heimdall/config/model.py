@@ -94,11 +94,16 @@ __all__ = [
     "TimeoutsConfig",
     "TlsConfig",
     "UpstreamConfig",
+    "check_backends",
+    "check_retry_on",
     "load_config",
+    "parse_backends",
     "parse_config",
     "parse_duration",
     "parse_endpoint",
     "parse_size",
+    "parse_strategy",
+    "strategy_from_name",
 ]
 
 def _check_command(instance, attribute, value) -> None:
@@ -115,7 +120,7 @@ def _check_command(instance, attribute, value) -> None:
         raise ConfigError(attribute.name, 'must contain "{port}" in at least one argument')
 
 
-def _check_retry_on(instance, attribute, value) -> None:
+def check_retry_on(instance, attribute, value) -> None:
     if not isinstance(value, tuple):
         raise ConfigError(attribute.name, 'must be a list of "5xx" and "timeout"')
     for index, item in enumerate(value):
@@ -358,7 +363,7 @@ class BackendConfig:
         return cls(Backend.from_url(url, weight), backup)
 
 
-def _check_backends(instance, attribute, value) -> None:
+def check_backends(instance, attribute, value) -> None:
     if not isinstance(value, tuple):
         raise ConfigError(attribute.name, "must be a list of backends")
     seen = {}
@@ -370,7 +375,7 @@ def _check_backends(instance, attribute, value) -> None:
             raise ConfigError(f"{attribute.name}[{index}].url", f"duplicate of {attribute.name}[{first}]")
 
 
-def _strategy_from_name(value):
+def strategy_from_name(value):
     return StrategyConfig(value) if isinstance(value, str) and value else value
 
 
@@ -413,22 +418,22 @@ class Config:
     listen: str = endpoint_field("tcp:8080:interface=127.0.0.1")
     strategy: StrategyConfig = attrs.field(
         factory=StrategyConfig,
-        converter=_strategy_from_name,
+        converter=strategy_from_name,
         validator=validator(instance_of(StrategyConfig, "a strategy name or a StrategyConfig")),
-        metadata={FROM_JSON: lambda value, path: _parse_strategy(value, path)},
+        metadata={FROM_JSON: lambda value, path: parse_strategy(value, path)},
     )
     backends: Tuple[BackendConfig, ...] = attrs.field(
         default=(),
         converter=tuple_from_list,
-        validator=_check_backends,
-        metadata={FROM_JSON: lambda value, path: _parse_backends(value, path)},
+        validator=check_backends,
+        metadata={FROM_JSON: lambda value, path: parse_backends(value, path)},
     )
     spawn: int = attrs.field(default=0, validator=validator(integer(0, 64)))
     manager: ManagerConfig = section(ManagerConfig, "a ManagerConfig")
     timeouts: TimeoutsConfig = section(TimeoutsConfig, "a TimeoutsConfig")
     limits: LimitsConfig = section(LimitsConfig, "a LimitsConfig")
     retries: int = attrs.field(default=2, validator=validator(integer(0, 10)))
-    retry_on: Tuple[str, ...] = attrs.field(default=(), converter=tuple_from_list, validator=_check_retry_on)
+    retry_on: Tuple[str, ...] = attrs.field(default=(), converter=tuple_from_list, validator=check_retry_on)
     upstream: UpstreamConfig = section(UpstreamConfig, "an UpstreamConfig")
     forwarded: ForwardedConfig = section(ForwardedConfig, "a ForwardedConfig")
     access_log: AccessLogConfig = section(AccessLogConfig, "an AccessLogConfig")
@@ -487,7 +492,7 @@ def _override_endpoint(option: str, value: str) -> str:
 # --- From JSON -----------------------------------------------------------------
 
 
-def _parse_strategy(data: object, path: str) -> StrategyConfig:
+def parse_strategy(data: object, path: str) -> StrategyConfig:
     from twisted.internet.task import Clock
 
     from heimdall.strategies.registry import default_registry
@@ -531,7 +536,7 @@ def _parse_strategy(data: object, path: str) -> StrategyConfig:
     return StrategyConfig(name, options)
 
 
-def _parse_backends(data: object, path: str) -> Tuple[BackendConfig, ...]:
+def parse_backends(data: object, path: str) -> Tuple[BackendConfig, ...]:
     if not isinstance(data, (list, tuple)):
         raise ConfigError(path, "must be a list of backend URLs or objects")
     backends = []

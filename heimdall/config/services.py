@@ -26,16 +26,18 @@ from heimdall.config.model import (
     StrategyConfig,
     TimeoutsConfig,
     UpstreamConfig,
-    _check_backends,
-    _check_retry_on,
-    _parse_backends,
-    _parse_strategy,
+    check_backends,
+    check_retry_on,
+    parse_backends,
+    parse_strategy,
+    strategy_from_name,
 )
 from heimdall.config.reader import ReadError, build, entries, join, read_object, structure
 from heimdall.errors import ConfigError
 
 __all__ = [
     "DEFAULT_SERVICE",
+    "INHERITED",
     "QueueConfig",
     "SERVICE_TIMEOUTS",
     "ServiceConfig",
@@ -53,6 +55,9 @@ SERVICE_TIMEOUTS = tuple(
     for name in ("connect", "response", "idle_upstream", "upstream_read", "request", "tunnel_idle")
     if name in attrs.fields_dict(TimeoutsConfig)
 )
+
+#: The settings a service takes from the top level when it leaves them at None.
+INHERITED = ("strategy", "health", "retries", "retry_on", "timeouts", "upstream")
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
@@ -74,22 +79,6 @@ def _optional(cls, what):
     return attrs.validators.optional(validator(instance_of(cls, what)))
 
 
-def _optional_retries(instance, attribute, value) -> None:
-    if value is not None:
-        problem = integer(0, 10)(value)
-        if problem:
-            raise ConfigError(attribute.name, problem)
-
-
-def _optional_retry_on(instance, attribute, value) -> None:
-    if value is not None:
-        _check_retry_on(instance, attribute, value)
-
-
-def _strategy(value):
-    return StrategyConfig(value) if isinstance(value, str) and value else value
-
-
 @attrs.frozen
 class ServiceConfig:
     """
@@ -100,15 +89,17 @@ class ServiceConfig:
     """
 
     backends: Tuple[BackendConfig, ...] = attrs.field(
-        default=(), converter=tuple_from_list, validator=_check_backends
+        default=(), converter=tuple_from_list, validator=check_backends
     )
     strategy: Optional[StrategyConfig] = attrs.field(
-        default=None, converter=_strategy, validator=_optional(StrategyConfig, "a strategy name or a StrategyConfig")
+        default=None, converter=strategy_from_name, validator=_optional(StrategyConfig, "a strategy name or a StrategyConfig")
     )
     health: Optional[HealthConfig] = attrs.field(default=None, validator=_optional(HealthConfig, "a HealthConfig"))
-    retries: Optional[int] = attrs.field(default=None, validator=_optional_retries)
+    retries: Optional[int] = attrs.field(
+        default=None, validator=attrs.validators.optional(validator(integer(0, 10)))
+    )
     retry_on: Optional[Tuple[str, ...]] = attrs.field(
-        default=None, converter=tuple_from_list, validator=_optional_retry_on
+        default=None, converter=tuple_from_list, validator=attrs.validators.optional(check_retry_on)
     )
     timeouts: Optional[TimeoutsConfig] = attrs.field(
         default=None, validator=_optional(TimeoutsConfig, "a TimeoutsConfig")
@@ -123,13 +114,7 @@ class ServiceConfig:
         A copy with every L{None} replaced by C{config}'s top-level setting.
         """
         return attrs.evolve(
-            self,
-            strategy=self.strategy if self.strategy is not None else config.strategy,
-            health=self.health if self.health is not None else config.health,
-            retries=self.retries if self.retries is not None else config.retries,
-            retry_on=self.retry_on if self.retry_on is not None else config.retry_on,
-            timeouts=self.timeouts if self.timeouts is not None else config.timeouts,
-            upstream=self.upstream if self.upstream is not None else config.upstream,
+            self, **{name: getattr(config, name) for name in INHERITED if getattr(self, name) is None}
         )
 
 
@@ -179,9 +164,9 @@ def _parse_service(data: object, path: str, config: Config) -> ServiceConfig:
     values: dict = {}
     for key, value, key_path in entries(data, path, _KEYS):
         if key == "backends":
-            value = _parse_backends(value, key_path)
+            value = parse_backends(value, key_path)
         elif key == "strategy":
-            value = _parse_strategy(value, key_path)
+            value = parse_strategy(value, key_path)
         elif key == "health":
             value = parse_health(value, key_path)
         elif key == "timeouts":

@@ -114,10 +114,10 @@ class ServiceManagers:
 
     @staticmethod
     def _strategy(strategy: Any):
-        from heimdall.config.model import _parse_strategy
+        from heimdall.config.model import parse_strategy
 
         try:
-            return _parse_strategy(strategy, "strategy")
+            return parse_strategy(strategy, "strategy")
         except ConfigError as e:
             raise InvalidChange(str(e), {"field": e.path, "problem": e.problem}) from None
 
