@@ -198,7 +198,7 @@ class IHealthCheck(Interface):
         """
         Probe C{backend} once.
 
-        @param backend: a L{heimdall.pool.pool.Backend}.
+        @param backend: a L{heimdall.pool.values.Backend}.
         @return: a L{Deferred} firing with a L{heimdall.health.probes.ProbeOutcome}
             (C{ok}, C{detail}); it may also fail, or the call may raise: the
             prober turns every failure into a failed result, never into an

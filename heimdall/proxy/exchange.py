@@ -184,6 +184,17 @@ class ProxyExchange:
     connection for the current attempt and releases both exactly once.
     """
 
+    # Rarely anything but these per request: class defaults, not one more
+    # attribute set per exchange.
+    #: Waiting in the resource's queue (heimdall.proxy.queue).
+    queued = False
+    #: The TLS version the client came over; None over plain TCP.
+    tls: Optional[str] = None
+    #: The Upgrade value sent upstream (a tunnel on 101), or None.
+    upgrade: Optional[bytes] = None
+    #: The tunnel a 101 opened (heimdall.proxy.tunnel), or None.
+    tunnel = None
+
     def __init__(self, resource, request, rewrite=None) -> None:
         self.resource = resource
         self.request = request
@@ -205,16 +216,9 @@ class ProxyExchange:
         self.body: Optional[RequestBody] = None
         self.retry_reasons: list = []
         self.budgeted_retries = 0
-        # Waiting in the resource's queue (heimdall.proxy.queue).
-        self.queued = False
         # (id, generated): taken from the client's X-Request-ID when it is
         # sane, else generated; forwarded upstream and returned.
         self.request_id = None
-        # The TLS version the client came over; None over plain TCP.
-        self.tls: Optional[str] = None
-        # The Upgrade value sent upstream (a tunnel on 101), or None.
-        self.upgrade: Optional[bytes] = None
-        self.tunnel = None
 
     # -- start -------------------------------------------------------------
 
@@ -259,9 +263,11 @@ class ProxyExchange:
             if rewrite.host is not None:
                 self.host = rewrite.host
             self.headers = rewrite.request_headers(self.headers)
-        self.upgrade = upgrade_token(request) if getattr(request.channel, "hand_over", None) else None
-        if self.upgrade is not None:
-            self.headers += [(b"Connection", b"Upgrade"), (b"Upgrade", self.upgrade)]
+        upgrade = upgrade_token(request)
+        if upgrade is not None and getattr(request.channel, "hand_over", None) is not None:
+            # Only a HeimdallChannel can hand its connection to a tunnel.
+            self.upgrade = upgrade
+            self.headers += [(b"Connection", b"Upgrade"), (b"Upgrade", upgrade)]
         self.request_id = _request_id(request.getHeader(b"x-request-id"))
         if self.request_id is not None and self.request_id[1]:
             self.headers.append((b"X-Request-ID", self.request_id[0]))
