@@ -57,7 +57,7 @@ bench: install
 # only (BENCH_ROUTES_ARGS adds peers or options).
 BENCH_ROUTES_ARGS ?=
 bench-routes: install
-	for n in 1 1000; do HEIMDALL_ROUTES=$$n $(BENCH) $(BENCH_ROUTES_ARGS) --lb-cmd "$(CURDIR)/benchmarks/heimdall-lb-routes.sh" --lb-name heimdall-$$n-routes --out benchmarks/results/$(shell date +%Y%m%d-%H%M%S)-routes-$$n || exit 1; done
+	for n in 1 1000; do HEIMDALL_ROUTES=$$n $(BENCH) $(BENCH_ROUTES_ARGS) --lb-cmd "$(CURDIR)/benchmarks/heimdall-lb.sh" --lb-name heimdall-$$n-routes --out benchmarks/results/$(shell date +%Y%m%d-%H%M%S)-routes-$$n || exit 1; done
 
 # The same on PyPy: Debian's pypy3 is Python 3.9, where Twisted 26.4 is the
 # newest release; only the proxy's own dependencies are installed for the
