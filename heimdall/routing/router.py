@@ -116,8 +116,7 @@ class Router(Resource):
             body = b"Redirecting to " + location + b"\n"
             self._answer(request, status, b"text/plain; charset=utf-8", body, ((b"Location", location),))
         else:
-            respond = route.config.respond
-            self._answer(request, respond.status, respond.content_type.encode("latin-1"), respond.body.encode("utf-8"))
+            self._answer(request, route.config.respond.status, route.respond_type, route.respond_body)
         return NOT_DONE_YET
 
     def _answer(self, request, status: int, content_type: bytes, body: bytes, headers=()) -> None:

@@ -147,7 +147,7 @@ class CompiledRoute:
 
     __slots__ = (
         "index", "config", "action", "service", "rewrite", "prefix", "regex", "methods", "headers", "query",
-        "has_rest",
+        "has_rest", "respond_type", "respond_body",
     )
 
     def __init__(self, index: int, config: RouteConfig) -> None:
@@ -169,6 +169,10 @@ class CompiledRoute:
         self.headers = tuple(headers)
         self.query = tuple((n.encode("utf-8"), v.encode("utf-8")) for n, v in match.query.items())
         self.has_rest = bool(self.regex or self.methods or self.headers or self.query)
+        # A respond route's answer, encoded once.
+        respond = config.respond if self.action is RESPOND else None
+        self.respond_type = respond.content_type.encode("latin-1") if respond is not None else None
+        self.respond_body = respond.body.encode("utf-8") if respond is not None else None
 
     def __lt__(self, other: "CompiledRoute") -> bool:
         return self.index < other.index
