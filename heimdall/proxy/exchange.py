@@ -36,7 +36,6 @@ _log = Logger()
 STALE = "stale"
 
 _CONNECT = FailureKind.CONNECT
-_RESET = FailureKind.RESET
 _TIMEOUT = FailureKind.TIMEOUT
 _BAD_RESPONSE = FailureKind.BAD_RESPONSE
 _CLIENT_GONE = FailureKind.CLIENT_GONE
