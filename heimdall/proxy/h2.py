@@ -107,13 +107,9 @@ class HeimdallStreamRequest(HeimdallRequest):
     _reject_code = 0
     _head_bytes = 0
 
-    @property
-    def body_limit(self) -> int:
-        return self.channel.site.max_body_bytes
-
     def gotLength(self, length: Optional[int]) -> None:
         self.content = BytesIO()
-        limit = self.body_limit
+        limit = self.body_limit = self.channel.site.max_body_bytes  # a stream's limit is the site's
         if length is not None and limit and length > limit:
             self._reject_code = 413
             self._rejected = True

@@ -71,26 +71,22 @@ class HeimdallRequest(server.Request):
     """
 
     body: Optional[RequestBody] = None
+    #: The body size limit (0: none), the channel's, set by L{gotLength}
+    #: (which comes before any body byte) so that a chunk only reads it.
+    body_limit = 0
     _dispatched = False
     _rejected = False
 
     def gotLength(self, length: Optional[int]) -> None:
         # No BytesIO/tempfile for the body: it streams through self.body.
         self.content = BytesIO()
-        limit = self.channel.max_body_bytes
+        limit = self.body_limit = self.channel.max_body_bytes
         if length is not None and limit and length > limit:
             self._rejected = True
             self.channel.reject(413, b"request body too large")
             return
         if length != 0:
             self.body = RequestBody(length, self.channel.transport)
-
-    @property
-    def body_limit(self) -> int:
-        """
-        The body size limit (0: none): the channel's.
-        """
-        return self.channel.max_body_bytes
 
     def handleContentChunk(self, data: bytes) -> None:
         if self._rejected or self.body is None:
