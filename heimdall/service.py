@@ -57,6 +57,7 @@ __all__ = [
     "Proxy",
     "build_manager",
     "build_manager_site",
+    "build_managers",
     "build_metrics",
     "build_proxy",
     "build_spawner",
@@ -72,25 +73,32 @@ class Preflight:
     What heimdall checks before it starts, beyond the config file itself.
 
     @ivar token: the manager's bearer token, or None.
-    @ivar state: the state file's content; None on a first start.
-    @ivar state_path: the state file, as an absolute path.
+    @ivar states: each service's state file's content, by service name;
+        None on a first start.
+    @ivar state_path: the C{default} service's state file, as an absolute
+        path (the others' are named after it: L{service_state_path}).
     @ivar tls: the TLS port's certificates, read and checked; None without
         a TLS port.
     """
 
     token: Optional[str]
-    state: Optional[State]
+    states: Mapping[str, Optional[State]]
     state_path: str
     tls: Optional[ServerTls] = None
-    #: The other services' state files' contents (None: a first start).
-    service_states: Mapping[str, Optional[State]] = attrs.field(factory=dict)
+
+    @property
+    def state(self) -> Optional[State]:
+        """
+        The C{default} service's state file's content (None: a first start).
+        """
+        return self.states.get(DEFAULT_SERVICE)
 
 
 def preflight(config: Config, environ: Optional[Mapping[str, str]] = None) -> Preflight:
     """
     Resolve the manager's token, refuse a manager exposed without one, read
-    the state file and the TLS certificates.  (The config's sections, health and alerts
-    included, were all checked when it was parsed.)
+    every service's state file and the TLS certificates.  (The config's
+    sections, health and alerts included, were all checked when it was parsed.)
 
     @raise heimdall.errors.ConfigError: for the token or the exposure.
     @raise heimdall.manager.statefile.StateFileError: naming the state file, if it
@@ -104,8 +112,8 @@ def preflight(config: Config, environ: Optional[Mapping[str, str]] = None) -> Pr
     tls = ServerTls(config.tls) if config.tls.enabled else None
     # Absolute now: a later change of directory must not move it.
     path = os.path.abspath(config.manager.state_file)
-    others = {name: load_state(service_state_path(path, name)) for name in config.services if name != DEFAULT_SERVICE}
-    return Preflight(token, load_state(path), path, tls, others)
+    names = (DEFAULT_SERVICE,) + tuple(name for name in config.services if name != DEFAULT_SERVICE)
+    return Preflight(token, {name: load_state(service_state_path(path, name)) for name in names}, path, tls)
 
 
 # --- Builders: one part each, from config values and collaborators ------------
@@ -214,6 +222,31 @@ def build_manager(
     )
 
 
+def build_managers(
+    config: Config, proxy: Proxy, spawner: ServerSpawner, reactor: Any, preflight_result: Preflight
+) -> Tuple[ServiceManagers, Dict[str, Any]]:
+    """
+    Every service's server manager, each loaded with config.json's
+    backends and its state file's changes (its strategy applied), and the
+    managed servers each must start (spawned when heimdall starts).
+    """
+    managers = ServiceManagers(
+        {
+            name: build_manager(
+                config, service_.settings, service_.pool, spawner, reactor,
+                service_state_path(preflight_result.state_path, name),
+            )
+            for name, service_ in proxy.services.items()
+        },
+        routes=lambda: config.routes,
+    )
+    states = preflight_result.states
+    to_restore = {name: manager.load(states.get(name)) for name, manager in managers.managers.items()}
+    for name in managers.managers:
+        managers.restore_strategy(name, states.get(name))
+    return managers, to_restore
+
+
 def build_metrics(
     config: Config, proxy: Proxy, spawner: ServerSpawner, manager: ServerManager, tls: Optional[ServerTls] = None
 ) -> Tuple[Metrics, Callable[[], None]]:
@@ -318,24 +351,10 @@ class HeimdallService(service.MultiService):
         for service_ in self.proxy.services.values():
             service_.health.setServiceParent(self)
         self.spawner = build_spawner(config.manager, reactor)
-        state_path = self.preflight_result.state_path
-        self.managers = ServiceManagers(
-            {
-                name: build_manager(
-                    config, service_.settings, service_.pool, self.spawner, reactor,
-                    service_state_path(state_path, name),
-                )
-                for name, service_ in proxy.services.items()
-            },
-            routes=lambda: self.config.routes,
-        )
-        self.manager = self.managers.default
         # config.json's backends with the state files' changes, at once;
         # managed servers are spawned when the service starts.
-        states = {DEFAULT_SERVICE: self.preflight_result.state, **self.preflight_result.service_states}
-        self._to_restore = {name: m.load(states.get(name)) for name, m in self.managers.managers.items()}
-        for name, state in states.items():
-            self.managers.restore_strategy(name, state)
+        self.managers, self._to_restore = build_managers(config, proxy, self.spawner, reactor, self.preflight_result)
+        self.manager = self.managers.default
         self.metrics, self._detach_metrics = build_metrics(config, proxy, self.spawner, self.manager, self.tls)
         self.manager_resource, self.manager_site = build_manager_site(
             self.managers, self.preflight_result.token, self.metrics, reactor

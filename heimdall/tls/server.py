@@ -48,14 +48,9 @@ def alpn_protocols(http2: bool) -> Tuple[bytes, ...]:
     What the TLS port offers by ALPN, in order of preference: C{h2} when
     HTTP/2 is on and Twisted's HTTP/2 support (the C{h2} package) is there.
     """
-    if http2:
-        try:
-            from twisted.web.http import H2_ENABLED
-        except ImportError:  # pragma: no cover - an old Twisted
-            H2_ENABLED = False
-        if H2_ENABLED:
-            return (b"h2", b"http/1.1")
-    return (b"http/1.1",)
+    from heimdall.proxy.h2 import H2_ENABLED
+
+    return (b"h2", b"http/1.1") if http2 and H2_ENABLED else (b"http/1.1",)
 
 
 def load_certificates(config: TlsConfig, now: datetime.datetime, source: str = "tls") -> List[LoadedCertificate]:
