@@ -1,7 +1,6 @@
 """
-The C{tls} section (TLS termination: a second listening port with
-certificates chosen by SNI) and the backends' C{tls} settings (TLS to
-backends: a private CA, the name to verify, a client certificate).
+The C{tls} section: TLS termination, a second listening port with
+certificates chosen by SNI.
 
 Only the shape is checked here; the files are read and checked (readable,
 a key that matches its certificate, not expired) when heimdall starts, by
@@ -17,8 +16,8 @@ import attrs
 from heimdall.config.fields import (
     boolean,
     endpoint,
+    endpoint_fields,
     endpoint_from_port,
-    instance_of,
     one_of,
     optional_text,
     text,
@@ -28,7 +27,7 @@ from heimdall.config.fields import (
 from heimdall.config.reader import FROM_JSON, read_list, structure
 from heimdall.errors import ConfigError
 
-__all__ = ["BackendTlsConfig", "CertificateConfig", "TLS_VERSIONS", "TlsConfig"]
+__all__ = ["CertificateConfig", "TLS_VERSIONS", "TlsConfig"]
 
 #: The TLS versions C{min_version} may name.
 TLS_VERSIONS = ("1.2", "1.3")
@@ -40,8 +39,7 @@ def _listen(value) -> Optional[str]:
     problem = endpoint(value)
     if problem is not None:
         return problem
-    kind = value.split(":", 1)[0]
-    if kind == "ssl":
+    if endpoint_fields(value)[0][1] == "ssl":
         return 'must be a plain endpoint like "tcp:8443:interface=0.0.0.0": heimdall does the TLS itself'
     return None
 
@@ -108,43 +106,3 @@ class TlsConfig:
     @property
     def enabled(self) -> bool:
         return self.listen is not None
-
-
-@attrs.frozen
-class BackendTlsConfig:
-    """
-    How heimdall talks TLS to an C{https://} backend.  Without it: verified
-    against the system's trust store, with the backend's host as the name.
-
-    @ivar ca: a PEM file of the certificate authorities to trust instead.
-    @ivar verify: C{false} accepts any certificate (a warning at start).
-    @ivar server_name: the name sent by SNI and verified (default: the
-        backend's host).
-    @ivar cert: a client certificate (PEM) for mutual TLS, with C{key}.
-    @ivar key: the client certificate's private key (PEM).
-    """
-
-    ca: Optional[str] = attrs.field(default=None, validator=validator(optional_text))
-    verify: bool = attrs.field(default=True, validator=validator(boolean))
-    server_name: Optional[str] = attrs.field(default=None, validator=validator(optional_text))
-    cert: Optional[str] = attrs.field(default=None, validator=validator(optional_text))
-    key: Optional[str] = attrs.field(default=None, validator=validator(optional_text))
-
-    def __attrs_post_init__(self) -> None:
-        if (self.cert is None) != (self.key is None):
-            raise ConfigError("key" if self.key is None else "cert", "cert and key go together (mutual TLS)")
-        if not self.verify and self.ca is not None:
-            raise ConfigError("ca", "has no effect with verify false")
-
-
-def parse_backend_tls(data: object, path: str) -> BackendTlsConfig:
-    return structure(BackendTlsConfig, data, path)
-
-
-#: For the attrs field of a section that holds a BackendTlsConfig or None.
-def backend_tls_field():
-    return attrs.field(
-        default=None,
-        validator=attrs.validators.optional(validator(instance_of(BackendTlsConfig, "a BackendTlsConfig"))),
-        metadata={FROM_JSON: parse_backend_tls},
-    )

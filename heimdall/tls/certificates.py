@@ -63,7 +63,7 @@ def load_key(path: str, field: str) -> Any:
         return serialization.load_pem_private_key(data, password=None)
     except TypeError:
         raise ConfigError(field, f"{path} holds an encrypted private key; heimdall needs it unencrypted") from None
-    except (ValueError, Exception) as e:  # cryptography raises ValueError or UnsupportedAlgorithm
+    except Exception as e:  # cryptography raises ValueError or UnsupportedAlgorithm
         raise ConfigError(field, f"{path} holds no usable PEM private key ({e})") from None
 
 
