@@ -382,8 +382,8 @@ class ServerManager:
             self._check_running()
             raise ServerConflict(f"port {server.port} was registered meanwhile", {"port": server.port})
         info = self._register_spawned(server, weight, backup)
-        self._log_change("added", info.id, actor, f"spawned on port {server.port}, pid {server.pid}")
-        await self._persist()
+        self.log_change("added", info.id, actor, f"spawned on port {server.port}, pid {server.pid}")
+        await self.persist()
         return self.describe(info.id)
 
     async def add_external(self, actor: Actor, url: str, weight: int = 1, backup: bool = False) -> Dict[str, Any]:
@@ -404,8 +404,8 @@ class ServerManager:
             backend.id, backend.port, from_config=backend.id in self._config_ids, backup=backup,
             started_at=self.clock.seconds(),
         )
-        self._log_change("added", backend.id, actor, f"external, weight {backend.weight}")
-        await self._persist()
+        self.log_change("added", backend.id, actor, f"external, weight {backend.weight}")
+        await self.persist()
         return self.describe(backend.id)
 
     async def update(
@@ -437,8 +437,8 @@ class ServerManager:
             changes.append(f"backup {info.backup} -> {backup}")
             self._servers[server_id] = attrs.evolve(info, backup=backup)
             self.pool.set_backup(server_id, backup)
-        self._log_change("updated", server_id, actor, ", ".join(changes) or "no change")
-        await self._persist()
+        self.log_change("updated", server_id, actor, ", ".join(changes) or "no change")
+        await self.persist()
         return self.describe(server_id)
 
     def remove(self, actor: Actor, server_id: str) -> Deferred:
@@ -473,7 +473,7 @@ class ServerManager:
         started = self.clock.seconds()
         if member.admin is not AdminState.DRAINING:
             self.pool.set_admin(server_id, AdminState.DRAINING)
-        self._log_change("draining", server_id, actor, f"{member.in_flight} in flight")
+        self.log_change("draining", server_id, actor, f"{member.in_flight} in flight")
         drained = await self._wait_drained(member, self.drain_timeout)
         final = self.describe(server_id)
         self.pool.remove(server_id)
@@ -497,12 +497,12 @@ class ServerManager:
                 _log.warn("port {port} is still taken after its server was stopped", port=info.port)
         final.update(removing=False, pid=None, eligible=False, supervision=None)
         final["removal"] = report
-        self._log_change(
+        self.log_change(
             "removed", server_id, actor,
             ("drained" if drained else f"drain timed out with {member.in_flight} in flight")
             + (", process stopped" if info.managed else ""),
         )
-        await self._persist()
+        await self.persist()
         return final
 
     def _wait_drained(self, member: Member, timeout: float) -> Deferred:
@@ -644,16 +644,16 @@ class ServerManager:
         removed = tuple(backend_id for backend_id in self._config_ids if backend_id not in present)
         return State(tuple(servers), tuple(changes), removed, self.strategy_override)
 
-    async def _persist(self) -> None:
+    async def persist(self) -> None:
+        """Save L{snapshot}; L{StateNotSaved} if that fails (the change stays applied)."""
         try:
             await self.writer.save(self.snapshot())
         except Exception as e:
-            raise StateNotSaved(
-                "the change was applied but could not be saved to the state file",
-                {"state_file": self.writer.path, "problem": str(e)},
-            ) from None
+            raise StateNotSaved("the change was applied but could not be saved to the state file",
+                                {"state_file": self.writer.path, "problem": str(e)}) from None
 
-    def _log_change(self, action: str, server_id: str, actor: Actor, detail: str) -> None:
+    def log_change(self, action: str, server_id: str, actor: Actor, detail: str) -> None:
+        """Log a runtime change and who made it (every change the API makes)."""
         _log.info(
             "manager: {action} {server_id} ({detail}) by {client} ({authentication})",
             action=action,

@@ -12,14 +12,17 @@ L{service_state_path}), written and read the same way.
 from __future__ import annotations
 
 import os
+import random
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import attrs
 from twisted.internet.defer import DeferredList
 
+from heimdall.config.model import parse_strategy
 from heimdall.config.services import DEFAULT_SERVICE
-from heimdall.errors import ConfigError, InvalidChange, ServiceNotFound, StateNotSaved
+from heimdall.errors import ConfigError, InvalidChange, ServiceNotFound
 from heimdall.manager.servers import Actor, ServerManager
+from heimdall.strategies.registry import default_registry
 
 __all__ = ["ServiceManagers", "service_state_path"]
 
@@ -97,12 +100,8 @@ class ServiceManagers:
         manager = self.get(name)
         chosen = self._strategy(strategy)
         self._apply(manager, chosen)
-        manager._log_change("strategy", name or DEFAULT_SERVICE, actor, chosen.name)
-        try:
-            await manager.writer.save(manager.snapshot())
-        except Exception as e:
-            raise StateNotSaved("the change was applied but could not be saved to the state file",
-                                {"state_file": manager.writer.path, "problem": str(e)}) from None
+        manager.log_change("strategy", name or DEFAULT_SERVICE, actor, chosen.name)
+        await manager.persist()
         return self.describe_one(name or DEFAULT_SERVICE)
 
     def restore_strategy(self, name: str, state: Any) -> None:
@@ -114,8 +113,6 @@ class ServiceManagers:
 
     @staticmethod
     def _strategy(strategy: Any):
-        from heimdall.config.model import parse_strategy
-
         try:
             return parse_strategy(strategy, "strategy")
         except ConfigError as e:
@@ -123,10 +120,6 @@ class ServiceManagers:
 
     @staticmethod
     def _apply(manager: ServerManager, chosen: Any) -> None:
-        import random
-
-        from heimdall.strategies.registry import default_registry
-
         pool = manager.pool
         pool.set_strategy(default_registry().create(chosen.name, dict(chosen.options), random.Random(), pool.clock))
         manager.strategy_name = chosen.name
