@@ -76,14 +76,12 @@ def build_service(
     config: Config,
     reactor: Any,
     access_log: Optional[Any] = None,
-    add_backends: bool = True,
 ) -> Service:
     """
-    A service from its resolved C{settings}; C{config} gives what all
-    services share (forwarded headers, body limit, alerts).  With
-    C{add_backends}, its configured backends join the pool now (the
-    C{default} service's are loaded by the server manager instead, with
-    the state file's changes).
+    A service from its resolved C{settings}, with an empty pool: its
+    server manager loads its backends with its state file's changes.
+    C{config} gives what all services share (forwarded headers, body
+    limit, alerts).
     """
     pool = build_pool(settings, reactor)
     health = build_health(settings.health, config.alerts, pool, reactor, reactor)
@@ -115,9 +113,6 @@ def build_service(
         queue=queue,
         tunnel_idle=timeouts.tunnel_idle,
     )
-    if add_backends:
-        for entry in settings.backends:
-            pool.add(entry.backend, backup=entry.backup, max_connections=entry.max_connections)
     return Service(name, settings, pool, upstream, resource, health)
 
 
@@ -128,6 +123,6 @@ def build_services(config: Config, reactor: Any, access_log: Optional[Any] = Non
     changes.
     """
     return {
-        name: build_service(name, settings, config, reactor, access_log, add_backends=False)
+        name: build_service(name, settings, config, reactor, access_log)
         for name, settings in service_configs(config).items()
     }
