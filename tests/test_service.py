@@ -68,3 +68,44 @@ def test_each_service_gets_its_own_settings_over_the_top_level_ones():
     assert api.resource.service == "api" and default.resource.service == "default"
     assert api.upstream is not default.upstream and api.pool is not default.pool
     assert api.health.name != default.health.name
+
+
+def test_preflight_reads_every_services_state_file_and_the_managers_apply_them(tmp_path):
+    from heimdall.manager.statefile import State, save_state
+    from heimdall.service import HeimdallService, preflight
+
+    path = tmp_path / "state.json"
+    save_state(str(tmp_path / "state.api.json"), State(strategy={"name": "least_connections"}))
+    config = parse_config(
+        {
+            "access_log": {"enabled": False},
+            "manager": {"state_file": str(path)},
+            "services": {"api": {"backends": ["http://127.0.0.1:8001"]}, "web": {}},
+        }
+    )
+    result = preflight(config, environ={})
+    assert list(result.states) == ["default", "api", "web"]
+    assert result.state is None and result.states["web"] is None
+    assert result.states["api"].strategy == {"name": "least_connections"}
+    assert result.state_path == str(path)
+    service = HeimdallService(config, MemoryReactorClock(), preflight_result=result)
+    assert service.managers.get("api").strategy_name == "least_connections"
+    assert service.managers.get("web").strategy_name == "round_robin"
+    assert [member.backend.id for member in service.proxy.services["api"].pool.members()] == ["127.0.0.1:8001"]
+
+
+def test_a_service_takes_each_setting_it_leaves_at_none_from_the_top_level():
+    import attrs
+
+    from heimdall.config.model import StrategyConfig
+    from heimdall.config.services import INHERITED, ServiceConfig
+
+    config = parse_config({"retries": 4, "retry_on": ["timeout"], "strategy": "random"})
+    inherited = ServiceConfig().resolved(config)
+    assert {name: getattr(inherited, name) for name in INHERITED} == {name: getattr(config, name) for name in INHERITED}
+    own = ServiceConfig(strategy="first", retries=0, retry_on=()).resolved(config)
+    assert (own.strategy, own.retries, own.retry_on) == (StrategyConfig("first"), 0, ())
+    assert own.timeouts is config.timeouts
+    # Every Optional field of ServiceConfig is inherited, and nothing else.
+    optional = {f.name for f in attrs.fields(ServiceConfig) if f.default is None}
+    assert optional == set(INHERITED)
