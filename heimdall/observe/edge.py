@@ -19,9 +19,11 @@ L{heimdall.proxy.tunnel.TunnelStats}).
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from heimdall.observe.metrics import observe_requests, undo_all
 
 __all__ = ["EdgeMetrics"]
 
@@ -48,20 +50,10 @@ class EdgeMetrics:
         C{request_observers}); returns the function that stops it and
         unregisters the collector.
         """
-        lists = [resource.request_observers for resource in resources]
-        for observers in lists:
-            observers.append(self.observe_request)
-
-        def detach() -> None:
-            for observers in lists:
-                if self.observe_request in observers:
-                    observers.remove(self.observe_request)
-            try:
-                self._registry.unregister(self)
-            except KeyError:
-                pass
-
-        return detach
+        undo: List[Callable[[], None]] = [lambda: self._registry.unregister(self)]
+        for resource in resources:
+            observe_requests(resource, self.observe_request, undo)
+        return lambda: undo_all(undo)
 
     def observe_request(self, record) -> None:
         key = (record.protocol, record.tls or "none")

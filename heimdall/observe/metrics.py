@@ -80,12 +80,7 @@ from heimdall.observe.queues import queue_families
 from heimdall.pool.values import EventKind, FailureKind
 from heimdall.proxy.exchange import STALE
 
-__all__ = [
-    "DURATION_BUCKETS",
-    "Metrics",
-    "MetricsResource",
-    "exposition",
-]
+__all__ = ["DURATION_BUCKETS", "Metrics", "MetricsResource", "exposition", "observe_requests", "undo_all"]
 
 #: Histogram buckets (seconds): 100 µs to 10 s, about 2.5 per decade, so
 #: that a sub-millisecond proxy hop and a 10 s timeout both land in a
@@ -284,7 +279,7 @@ class Metrics:
         self._pool = pool
         undo.append(self.attach_service(service, pool, resource, upstream, health))
         if router is not None:
-            self._observe(router, undo)
+            observe_requests(router, self.observe_request, undo)
         if spawner is not None:
             self._spawner = spawner
             spawner.subscribe_exit(self.observe_spawned_exit)
@@ -295,7 +290,7 @@ class Metrics:
             self._alert_dispatcher = alerts
 
         def detach() -> None:
-            _undo_all(undo)
+            undo_all(undo)
             self._pool = self._spawner = self._alert_dispatcher = None
             self._services.clear()
             self._member_stats.clear()
@@ -315,7 +310,7 @@ class Metrics:
         undo.append(pool.subscribe(lambda event: self.observe_pool_event(event, name)))
         undo.append(pool.subscribe_outcomes(lambda member, outcome: self.observe_outcome(member, outcome, name)))
         if resource is not None:
-            self._observe(resource, undo)
+            observe_requests(resource, self.observe_request, undo)
             if upstream is None:
                 upstream = getattr(resource, "upstream", None)
         if health is not None:
@@ -325,16 +320,11 @@ class Metrics:
             self._queues[name] = resource.queue
 
         def detach() -> None:
-            _undo_all(undo)
+            undo_all(undo)
             self._services.pop(name, None)
             self._queues.pop(name, None)
 
         return detach
-
-    def _observe(self, resource, undo: List[Callable[[], None]]) -> None:
-        observers = resource.request_observers
-        observers.append(self.observe_request)
-        undo.append(lambda: observers.remove(self.observe_request))
 
     def set_strategy(self, name: str) -> None:
         """
@@ -692,9 +682,17 @@ class Metrics:
         return [backends, eligible, panic, events, sent, suppressed, alerts, strategy_info, build]
 
 
-def _undo_all(undo: List[Callable[[], None]]) -> None:
+def observe_requests(resource, observer: Callable, undo: List[Callable[[], None]]) -> None:
+    """The one way to observe C{resource}'s requests; C{undo} gets the removal."""
+    observers = resource.request_observers
+    observers.append(observer)
+    undo.append(lambda: observers.remove(observer))
+
+
+def undo_all(undo: List[Callable[[], None]]) -> None:
+    """Run C{undo}'s functions, last first; one whose work is undone already is skipped."""
     while undo:
         try:
             undo.pop()()
-        except ValueError:
-            pass  # already removed
+        except (ValueError, KeyError):
+            pass  # already removed (an observer) or unregistered (a collector)

@@ -32,28 +32,12 @@ from heimdall.manager.spawner import (
     is_port_free,
 )
 from tests.manager.support import SLOW_START
+from tests.netutil import alive
 
 HOST = "127.0.0.1"
 
 
 # -- helpers -----------------------------------------------------------------
-
-
-def _process_gone(pid: int) -> bool:
-    """
-    True once C{pid} no longer runs.  A zombie counts as gone: an orphan is
-    reaped by whatever PID 1 is, which in a container may never do it.
-    """
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            state = stat.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state in ("Z", "X")
 
 
 def _kill_quietly(pid: int) -> None:
@@ -220,7 +204,7 @@ async def test_a_command_that_never_listens_times_out_and_is_killed(held_port, m
         await spawner.spawn()
     assert "did not accept connections" in str(caught.value)
     (pid_line,) = caught.value.output
-    assert _process_gone(int(pid_line))
+    assert not alive(int(pid_line))
     assert _spawner_delayed_calls() == []
 
 
@@ -284,7 +268,7 @@ async def test_stop_service_stops_everything(held_port, make_spawner):
     assert spawner.servers() == []
     for server in servers:
         assert not server.running
-        assert _process_gone(server.pid)
+        assert not alive(server.pid)
 
 
 @pytest_twisted.ensureDeferred
@@ -298,7 +282,7 @@ async def test_stop_service_cancels_a_spawn_in_progress(held_port, make_spawner)
         await _within(spawning, 5)
     assert "stopped before it was ready" in str(caught.value)
     for line in caught.value.output:
-        assert _process_gone(int(line))
+        assert not alive(int(line))
     assert _spawner_delayed_calls() == []
 
 
@@ -397,14 +381,14 @@ def test_spawned_server_dies_with_its_parent(tmp_path, held_port, parent_signal)
         line = _read_line(parent.stdout, time.monotonic() + 8).decode("ascii", "replace").strip()
         assert line.isdigit(), f"parent script said {line!r}"
         child_pid = int(line)
-        assert not _process_gone(child_pid)
+        assert alive(child_pid)
 
         parent.send_signal(parent_signal)
         parent.wait(timeout=5)
         deadline = time.monotonic() + 5
-        while not _process_gone(child_pid) and time.monotonic() < deadline:
+        while alive(child_pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert _process_gone(child_pid)
+        assert not alive(child_pid)
     finally:
         if parent.poll() is None:
             parent.kill()
