@@ -5,6 +5,8 @@ PY      = $(VENV)/bin/python
 PIP     = $(PY) -m pip --disable-pip-version-check -q
 CONFIG ?= config.json
 STAMP   = $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+# twistd finds plugins through dropin.cache: built at install, not on first run.
+PLUGIN_CACHE = -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
 
 .PHONY: run test test-pypy install bench bench-routes bench-pypy clean
 
@@ -13,8 +15,7 @@ $(PY):
 
 $(STAMP): $(PY) pyproject.toml
 	$(PIP) install -e '.[test]'
-	# twistd finds plugins through dropin.cache: build it now, not on first run.
-	$(PY) -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
+	$(PY) $(PLUGIN_CACHE)
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 install: $(STAMP)
@@ -61,15 +62,24 @@ bench-routes: install
 
 # The same on PyPy: Debian's pypy3 is Python 3.9, where Twisted 26.4 is the
 # newest release; only the proxy's own dependencies are installed for the
-# benchmark (the tests add theirs below).
+# benchmark (the tests add theirs below).  As for CPython, the venv is one
+# target and what is installed in it a stamp, so an install that failed
+# halfway is redone by the next make.
 PYPY_VENV = .venv-pypy
-$(PYPY_VENV)/bin/python:
+PYPY      = $(PYPY_VENV)/bin/python
+PYPY_PIP  = $(PYPY) -m pip --disable-pip-version-check -q
+PYPY_DEPS = 'twisted==26.4.0' attrs zope.interface prometheus_client
+PYPY_STAMP = $(PYPY_VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+$(PYPY):
 	{ command -v pypy3 >/dev/null && pypy3 -c "import ensurepip" 2>/dev/null; } || \
 	  apt-get install -y -q pypy3 pypy3-venv || { apt-get update -q && apt-get install -y -q pypy3 pypy3-venv; }
 	pypy3 -m venv $(PYPY_VENV)
-	$(PYPY_VENV)/bin/python -m pip -q install 'twisted==26.4.0' attrs zope.interface prometheus_client
-	$(PYPY_VENV)/bin/python -m pip -q install --no-deps -e .
-	$(PYPY_VENV)/bin/python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
+
+$(PYPY_STAMP): $(PYPY) pyproject.toml
+	$(PYPY_PIP) install $(PYPY_DEPS)
+	$(PYPY_PIP) install --no-deps -e .
+	$(PYPY) $(PLUGIN_CACHE)
+	rm -f $(PYPY_VENV)/.installed-* && touch $@
 
 # What the PyPy tests need on top.  Twisted 26.4.0 (the newest for Python
 # 3.9) asks for pyOpenSSL>=25.2, which needs a cryptography that PyPI has no
@@ -77,13 +87,12 @@ $(PYPY_VENV)/bin/python:
 # wheels (cryptography 43.0.3, pyOpenSSL 25.1.0: the data-path tests use no
 # TLS) and treq comes without its twisted[tls] requirement (with it, pip
 # backtracks for minutes down to treq 15).
-PYPY_TEST_DEPS = 'twisted==26.4.0' 'cryptography==43.0.3' 'pyopenssl==25.1.0' service_identity idna \
-  attrs zope.interface prometheus_client hyperlink incremental multipart typing_extensions \
-  pytest pytest-twisted hypothesis websockets
+PYPY_TEST_DEPS = $(PYPY_DEPS) 'cryptography==43.0.3' 'pyopenssl==25.1.0' service_identity idna \
+  hyperlink incremental multipart typing_extensions pytest pytest-twisted hypothesis websockets
 PYPY_TEST_STAMP = $(PYPY_VENV)/.test-installed-$(shell echo "$(PYPY_TEST_DEPS)" | cksum | cut -d' ' -f1)
-$(PYPY_TEST_STAMP): $(PYPY_VENV)/bin/python
-	$(PYPY_VENV)/bin/python -m pip --disable-pip-version-check -q install $(PYPY_TEST_DEPS)
-	$(PYPY_VENV)/bin/python -m pip --disable-pip-version-check -q install --no-deps treq
+$(PYPY_TEST_STAMP): $(PYPY_STAMP)
+	$(PYPY_PIP) install $(PYPY_TEST_DEPS)
+	$(PYPY_PIP) install --no-deps treq
 	rm -f $(PYPY_VENV)/.test-installed-* && touch $@
 
 # The data path (proxy, pool, strategies, health checks, failover) again on
@@ -92,9 +101,9 @@ $(PYPY_TEST_STAMP): $(PYPY_VENV)/bin/python
 PYPY_TESTS ?= tests/proxy tests/pool tests/strategies tests/health
 test-pypy: $(PYPY_TEST_STAMP)
 	@start=$$(date +%s); \
-	PATH="$(CURDIR)/$(PYPY_VENV)/bin:$$PATH" HEIMDALL_TEST_STRICT=1 $(PYPY_VENV)/bin/python -m pytest -q \
+	PATH="$(CURDIR)/$(PYPY_VENV)/bin:$$PATH" HEIMDALL_TEST_STRICT=1 $(PYPY) -m pytest -q \
 	  -m "not cpython_only" $(PYPY_TESTS) $(PYTEST_PYPY_ARGS); rc=$$?; \
 	echo "PyPy data-path tests ($(PYPY_TESTS)): $$(( $$(date +%s) - start )) s"; exit $$rc
 
-bench-pypy: $(PYPY_VENV)/bin/python
-	HEIMDALL_PYTHON=$(CURDIR)/$(PYPY_VENV)/bin/python $(BENCH) --lb aiohttp,twisted-stock $(BENCH_PYPY_ARGS) --lb-cmd "$(CURDIR)/benchmarks/heimdall-lb.sh" --lb-name heimdall-pypy --out benchmarks/results/$(shell date +%Y%m%d-%H%M%S)-pypy
+bench-pypy: $(PYPY_STAMP)
+	HEIMDALL_PYTHON=$(CURDIR)/$(PYPY) $(BENCH) --lb aiohttp,twisted-stock $(BENCH_PYPY_ARGS) --lb-cmd "$(CURDIR)/benchmarks/heimdall-lb.sh" --lb-name heimdall-pypy --out benchmarks/results/$(shell date +%Y%m%d-%H%M%S)-pypy
