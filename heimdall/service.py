@@ -296,8 +296,13 @@ def build_manager_site(
 
 
 def _where(port) -> str:
+    """
+    A listening port's address for the log: host:port, or a UNIX socket's path.
+    """
     address = port.getHost()
-    return f"{getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}"
+    if not hasattr(address, "host"):
+        return str(getattr(address, "name", "?"))
+    return f"{address.host}:{getattr(address, 'port', '?')}"
 
 
 # --- The service ------------------------------------------------------------------
@@ -433,11 +438,9 @@ class HeimdallService(service.MultiService):
 
     def _manager_listening(self, port) -> None:
         self.manager_port = port
-        address = port.getHost()
         _log.info(
-            "heimdall manager listening on {host}:{port}{auth}",
-            host=getattr(address, "host", getattr(address, "name", "?")),
-            port=getattr(address, "port", ""),
+            "heimdall manager listening on {where}{auth}",
+            where=_where(port),
             auth=" (bearer token required)" if self.preflight_result.token is not None else "",
         )
 
