@@ -28,7 +28,6 @@ __all__ = [
     "load_certificate",
     "load_key",
     "load_pem_certificates",
-    "name_matches",
 ]
 
 
@@ -95,21 +94,6 @@ def certificate_names(certificate: x509.Certificate) -> Tuple[str, ...]:
     return tuple(dict.fromkeys(name.lower().rstrip(".") for name in names))
 
 
-def name_matches(pattern: str, name: str) -> bool:
-    """
-    Whether a certificate name (C{pattern}, maybe C{*.example.com}) covers
-    the host C{name} (lower-case): a wildcard stands for exactly one
-    leftmost label (RFC 6125 6.4.3), so C{*.example.com} covers
-    C{a.example.com} but neither C{example.com} nor C{a.b.example.com}.
-    """
-    if pattern == name:
-        return True
-    if not pattern.startswith("*."):
-        return False
-    first, dot, rest = name.partition(".")
-    return bool(first) and bool(dot) and rest == pattern[2:]
-
-
 @attrs.frozen
 class LoadedCertificate:
     """
@@ -128,9 +112,6 @@ class LoadedCertificate:
     names: Tuple[str, ...]
     not_after: datetime.datetime
     expired: bool
-
-    def covers(self, name: str) -> bool:
-        return any(name_matches(pattern, name) for pattern in self.names)
 
 
 def load_certificate(

@@ -111,13 +111,15 @@ def _context(certificate: LoadedCertificate, min_version: str, protocols: Sequen
 class _Contexts:
     """
     One generation of contexts: the first certificate's (the default), and
-    a lookup from SNI name to context.
+    lookups from SNI name to context: exact names, then wildcards by the
+    suffix they cover (C{*.example.com}: C{example.com}); the first
+    certificate with a name wins.
     """
 
     certificates: Tuple[LoadedCertificate, ...]
     default: SSL.Context
-    contexts: Tuple[SSL.Context, ...]
     exact: Dict[str, SSL.Context]
+    wildcard: Dict[str, SSL.Context]
 
     def for_name(self, name: Optional[str]) -> SSL.Context:
         if not name:
@@ -125,9 +127,10 @@ class _Contexts:
         context = self.exact.get(name)
         if context is not None:
             return context
-        for certificate, candidate in zip(self.certificates, self.contexts):
-            if certificate.covers(name):
-                return candidate
+        # A wildcard stands for exactly one leftmost label (RFC 6125 6.4.3).
+        first, dot, rest = name.partition(".")
+        if first and dot:
+            return self.wildcard.get(rest, self.default)
         return self.default
 
 
@@ -165,14 +168,17 @@ class ServerTls:
         protocols = alpn_protocols(config.http2)
         contexts = tuple(_context(c, config.min_version, protocols) for c in certificates)
         exact: Dict[str, SSL.Context] = {}
+        wildcard: Dict[str, SSL.Context] = {}
         for certificate, context in zip(certificates, contexts):
             for name in certificate.names:
-                if not name.startswith("*."):
+                if name.startswith("*."):
+                    wildcard.setdefault(name[2:], context)
+                else:
                     exact.setdefault(name, context)
         for context in contexts:
             context.set_tlsext_servername_callback(self._servername)
             context.set_info_callback(self._info)
-        return _Contexts(certificates, contexts[0], contexts, exact)
+        return _Contexts(certificates, contexts[0], exact, wildcard)
 
     def reload(self, config: Optional[TlsConfig] = None) -> None:
         """
