@@ -231,3 +231,26 @@ def test_tls_section_defaults_and_port_number():
     assert config.tls.certificates == (CertificateConfig("c.pem", "k.pem", "i.pem"),)
     assert (config.tls.min_version, config.tls.http2, config.tls.allow_expired) == ("1.2", True, True)
     assert not parse_config({}).tls.enabled
+
+
+def test_sni_lookup_exact_names_then_one_label_wildcards_first_certificate_wins():
+    from heimdall.tls.server import _Contexts
+
+    contexts = _Contexts((), "default", {"a.test": "exact", "x.wild.test": "exact-x"}, {"wild.test": "wild"})
+    assert contexts.for_name("a.test") == "exact"
+    assert contexts.for_name("x.wild.test") == "exact-x"
+    assert contexts.for_name("y.wild.test") == "wild"
+    assert contexts.for_name("a.b.wild.test") == "default"
+    assert contexts.for_name("wild.test") == "default"
+    assert contexts.for_name(".wild.test") == "default"
+    assert contexts.for_name(None) == contexts.for_name("") == "default"
+
+
+def test_the_first_certificate_with_a_wildcard_serves_it(pki):
+    other = write_cert(pki.ca, pki.dir, "wild2", "*.wild.test")
+    for order in ((pki.wild, other, pki.first), (other, pki.wild, pki.first)):
+        server_tls = ServerTls(_tls_config(*order))
+        # The first certificate is also the default: the later wildcard did not replace it.
+        assert server_tls.context_for("api.wild.test") is server_tls._current.default
+        assert server_tls.context_for("API.Wild.Test.") is server_tls._current.default
+        assert server_tls.context_for("first.test") is not server_tls._current.default
