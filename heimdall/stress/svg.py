@@ -352,34 +352,10 @@ def time_chart(
     x = LinearScale(min(0.0, min(starts, default=0.0)), max(t_hi, 1e-3), left, right)
     x_ticks = x.ticks(10)
 
-    # Top panel: latency lines, log scale.
-    all_values = [v for s in series for v in s.values if v is not None]
-    y = LogScale.around(all_values, top.bottom, top.top)
-    top.y_axis(y, y.ticks(), y_label)
-    top.x_axis(x, x_ticks, None, labels=False)
-    if mark_at is not None:
-        _mark(doc, top, x, mark_at, mark_until, first=True)
     middles = [s + w / 2 for s, w in zip(starts, widths)]
-    entries = []
-    for i, line in enumerate(series):
-        colour = color(i)
-        points = [(x(t), y(v) if v is not None and v > 0 else None) for t, v in zip(middles, line.values)]
-        dash = {"dotted": "2 3", "dashed": "6 3"}.get(line.style)
-        doc.open("g", class_="series", data_series=line.name)
-        doc.add("path", d=_path(points) or "M0,0", fill="none", stroke=colour, stroke_width=1.8,
-                stroke_dasharray=dash, visibility=None if _path(points) else "hidden")
-        for (px, py), t, v in zip(points, middles, line.values):
-            if py is not None:
-                doc.add("circle", class_="point", cx=px, cy=py, r=2.5, fill=colour,
-                        tooltip=f"{line.name} at {t:g} s: {fmt_number(v)} ms")
-        doc.close("g")
-        entries.append((line.name, colour, line.style))
+    _latency_panel(doc, top, x, x_ticks, middles, series, failed, y_label, mark_at, mark_until)
+    entries = [(line.name, color(i), line.style) for i, line in enumerate(series)]
     if failed and any(failed):
-        doc.open("g", class_="failed")
-        for t, count in zip(middles, failed):
-            if count:
-                _cross(doc, x(t), top.top + 8, "#d62728")
-        doc.close("g")
         entries.append(("failed requests", "#d62728", "cross"))
     if mark_at is not None:
         entries.append((mark_label, "#d62728", "dashed"))
@@ -387,19 +363,62 @@ def time_chart(
     _legend(doc, right - 6, top.top + 6, entries, anchor_right=True)
 
     # Bottom panel: responses per second, stacked per backend.
-    names = list(stacks)
-    totals = [0.0] * len(starts)
-    layers: List[Tuple[str, str, Sequence[float]]] = []
-    for i, name in enumerate(names):
-        layers.append((name, color(i), stacks[name]))
-    if names and rest and any(rest):
+    layers: List[Tuple[str, str, Sequence[float]]] = [(name, color(i), stacks[name]) for i, name in enumerate(stacks)]
+    if stacks and rest and any(rest):
         layers.append(("(no header)", "#d3d3d3", rest))
-    if not names:
+    if not stacks:
         layers.append(("responses", "#808080", rest or [0.0] * len(starts)))
+    _throughput_panel(doc, bottom, x, x_ticks, starts, widths, layers, bars_label, x_label, mark_at, mark_until)
+    bottom.box()
+    if stacks:
+        legend = [(name, colour, "box") for name, colour, _ in layers]
+        _legend(doc, left, legend_y, legend, columns=min(4, len(legend)))
+    return doc.render()
+
+
+def _latency_panel(doc: Document, top: _Frame, x: LinearScale, x_ticks, middles: Sequence[float],
+                   series: Sequence[Series], failed: Optional[Sequence[int]], y_label: str,
+                   mark_at: Optional[float], mark_until: Optional[float]) -> None:
+    """
+    L{time_chart}'s top panel: the mark, latency lines (log scale) and failure crosses.
+    """
+    all_values = [v for s in series for v in s.values if v is not None]
+    y = LogScale.around(all_values, top.bottom, top.top)
+    top.y_axis(y, y.ticks(), y_label)
+    top.x_axis(x, x_ticks, None, labels=False)
+    if mark_at is not None:
+        _mark(doc, top, x, mark_at, mark_until, first=True)
+    for i, line in enumerate(series):
+        colour = color(i)
+        points = [(x(t), y(v) if v is not None and v > 0 else None) for t, v in zip(middles, line.values)]
+        dash = {"dotted": "2 3", "dashed": "6 3"}.get(line.style)
+        path = _path(points)
+        doc.open("g", class_="series", data_series=line.name)
+        doc.add("path", d=path or "M0,0", fill="none", stroke=colour, stroke_width=1.8,
+                stroke_dasharray=dash, visibility=None if path else "hidden")
+        for (px, py), t, v in zip(points, middles, line.values):
+            if py is not None:
+                doc.add("circle", class_="point", cx=px, cy=py, r=2.5, fill=colour,
+                        tooltip=f"{line.name} at {t:g} s: {fmt_number(v)} ms")
+        doc.close("g")
+    if failed and any(failed):
+        doc.open("g", class_="failed")
+        for t, count in zip(middles, failed):
+            if count:
+                _cross(doc, x(t), top.top + 8, "#d62728")
+        doc.close("g")
+
+
+def _throughput_panel(doc: Document, bottom: _Frame, x: LinearScale, x_ticks, starts: Sequence[float],
+                      widths: Sequence[float], layers: Sequence[Tuple[str, str, Sequence[float]]], bars_label: str,
+                      x_label: str, mark_at: Optional[float], mark_until: Optional[float]) -> None:
+    """
+    L{time_chart}'s bottom panel: the mark and the stacked bars of C{layers} ((name, colour, rates)).
+    """
+    totals = [0.0] * len(starts)
     for _, _, values in layers:
         totals = [t + v for t, v in zip(totals, values)]
-    peak = max(totals, default=0.0)
-    yb = LinearScale.nice(0.0, max(peak, 1.0), bottom.bottom, bottom.top, count=5)
+    yb = LinearScale.nice(0.0, max(max(totals, default=0.0), 1.0), bottom.bottom, bottom.top, count=5)
     bottom.y_axis(yb, yb.ticks(5), bars_label)
     bottom.x_axis(x, x_ticks, x_label, grid=False)
     if mark_at is not None:
@@ -416,11 +435,6 @@ def time_chart(
                     fill=colour, tooltip=f"{name}, {start:g}-{start + w:g} s: {value:,.0f}/s")
         base = [b + v for b, v in zip(base, values)]
         doc.close("g")
-    bottom.box()
-    if names:
-        legend = [(name, colour, "box") for name, colour, _ in layers]
-        _legend(doc, left, legend_y, legend, columns=min(4, len(legend)))
-    return doc.render()
 
 
 def _mark(doc: Document, frame: _Frame, x: LinearScale, at: float, until: Optional[float], first: bool) -> None:
