@@ -46,7 +46,7 @@ examples:
 
 
 def _duration(text: str) -> float:
-    from heimdall.config.model import parse_duration
+    from heimdall.config.fields import parse_duration
 
     try:
         return float(text)  # plain seconds, as wrk takes them
