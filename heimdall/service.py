@@ -254,7 +254,8 @@ def build_metrics(
     Prometheus metrics over every part, and the function that detaches
     them.
     """
-    metrics = Metrics(strategy_name=config.strategy.name)
+    # The server manager holds the strategy name, changed at runtime too.
+    metrics = Metrics(strategy_name=lambda: manager.strategy_name)
     default = proxy.default
     detach = metrics.attach(
         default.pool,

@@ -192,8 +192,9 @@ class Metrics:
     the collector that exposes them in C{registry}.
 
     @param registry: where to register; a new L{CollectorRegistry} if None.
-    @param strategy_name: the configured strategy's name, for
-        C{heimdall_strategy_info} (see L{set_strategy}).
+    @param strategy_name: returns the default service's strategy name now,
+        for C{heimdall_strategy_info} (read at scrape time, so a runtime
+        change through the manager shows without being told).
     @param buckets: histogram bucket upper bounds, in seconds.
     @param process_metrics: also register C{prometheus_client}'s
         L{ProcessCollector} (CPU, memory, file descriptors).
@@ -203,7 +204,7 @@ class Metrics:
         self,
         registry: Optional[CollectorRegistry] = None,
         *,
-        strategy_name: Optional[str] = None,
+        strategy_name: Optional[Callable[[], str]] = None,
         buckets: Sequence[float] = DURATION_BUCKETS,
         process_metrics: bool = True,
     ) -> None:
@@ -325,12 +326,6 @@ class Metrics:
             self._queues.pop(name, None)
 
         return detach
-
-    def set_strategy(self, name: str) -> None:
-        """
-        The strategy changed (C{heimdall_strategy_info}).
-        """
-        self.strategy_name = name
 
     # -- the data path ----------------------------------------------------------
 
@@ -672,7 +667,7 @@ class Metrics:
         )
         for (channel, result), count in sorted(deliveries.items()):
             alerts.add_metric([channel, result], count)
-        strategy = self.strategy_name
+        strategy = self.strategy_name() if self.strategy_name is not None else None
         if strategy is None and pool is not None:
             strategy = type(pool.strategy).__name__
         strategy_info = InfoMetricFamily("heimdall_strategy", "The configured load-balancing strategy.")

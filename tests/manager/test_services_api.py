@@ -64,3 +64,8 @@ def test_the_seed_api_with_and_without_service(run_heimdall, tmp_path):
     assert [s["id"] for s in _wait_until(lambda: again.call("GET", "/servers/list")[1])] == [web["id"]]
     assert _backend_of(again.proxy + "/api/") == api["id"]
     assert [s["strategy"] for s in again.call("GET", "/services")[1]] == ["round_robin", "least_connections"]
+    # The default service's strategy changed at runtime is what /metrics says.
+    assert again.call("POST", "/services/update", {"strategy": "random"})[0] == 200
+    with urllib.request.urlopen(again.manager + "/metrics", timeout=5) as response:
+        exposition = response.read().decode()
+    assert 'heimdall_strategy_info{strategy="random"} 1.0' in exposition, exposition

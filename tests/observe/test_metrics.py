@@ -57,7 +57,7 @@ def metered(start_proxy):
 
     def start(backends, **options):
         proxy = start_proxy(backends, **options)
-        metrics = Metrics(strategy_name="round_robin")
+        metrics = Metrics(strategy_name=lambda: "round_robin")
         detaches.append(metrics.attach(proxy.pool, proxy.resource, proxy.upstream))
         return proxy, metrics
 
