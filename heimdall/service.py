@@ -15,9 +15,7 @@ package.
 from __future__ import annotations
 
 import os
-import signal
 import sys
-import threading
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import attrs
@@ -29,6 +27,7 @@ from twisted.logger import Logger
 from heimdall.clock import maybe_global_reactor
 from heimdall.config.model import Config, ManagerConfig
 from heimdall.config.services import DEFAULT_SERVICE, ServiceConfig
+from heimdall.lifecycle.signals import ProcessSignals, ignore_hangup
 from heimdall.manager.auth import check_exposure, resolve_token
 from heimdall.manager.readiness import HttpReadyCheck
 from heimdall.manager.servers import ServerManager
@@ -369,6 +368,8 @@ class HeimdallService(service.MultiService):
         self.tls_port = None
         self.manager_port = None
         self.ready: defer.Deferred = defer.Deferred()
+        #: SIGHUP, SIGUSR1, SIGTERM and SIGINT (heimdall.lifecycle.signals).
+        self.signals = ProcessSignals(reactor, on_hangup=ignore_hangup, on_reopen_logs=self.reopen_logs)
 
     def setServiceParent(self, parent):
         result = super().setServiceParent(parent)
@@ -386,24 +387,8 @@ class HeimdallService(service.MultiService):
         reopen_log_files()
         _log.info("log files reopened")
 
-    def _install_sigusr1(self) -> None:
-        if not hasattr(signal, "SIGUSR1") or threading.current_thread() is not threading.main_thread():
-            return
-
-        def on_sigusr1(signum, frame):
-            # Signal handlers run between bytecodes: hand over to the reactor.
-            self.reactor.callFromThread(self.reopen_logs)
-
-        self._previous_sigusr1 = signal.signal(signal.SIGUSR1, on_sigusr1)
-
-    def _restore_sigusr1(self) -> None:
-        previous = getattr(self, "_previous_sigusr1", None)
-        if previous is not None:
-            signal.signal(signal.SIGUSR1, previous)
-            self._previous_sigusr1 = None
-
     def startService(self) -> None:
-        self._install_sigusr1()
+        self.signals.install()
         super().startService()
         endpoint = serverFromString(self.reactor, self.config.listen)
         d = endpoint.listen(self.site)
@@ -479,7 +464,6 @@ class HeimdallService(service.MultiService):
 
     @defer.inlineCallbacks
     def stopService(self):
-        self._restore_sigusr1()
         self._detach_metrics()
         yield defer.maybeDeferred(super().stopService)
         if self.manager_port is not None:
@@ -499,3 +483,4 @@ class HeimdallService(service.MultiService):
         yield self.spawner.stopService()
         if self.access_log is not None:
             self.access_log.close()
+        self.signals.uninstall()

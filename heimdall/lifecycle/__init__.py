@@ -1,0 +1,3 @@
+"""
+heimdall's process lifecycle: its signals and its graceful shutdown.
+"""
