@@ -153,12 +153,15 @@ class IClientExchange(Interface):
     itself as C{request.exchange} and clears it when it is done.
     """
 
-    def client_lost(reason):
+    def client_lost(reason, status=None):
         """
-        The client connection closed before the response finished: abort
-        the upstream side and release what the exchange holds.
+        The client connection closed before the response finished, or its
+        request turned out malformed: abort the upstream side (nothing more
+        of the request may reach it) and release what the exchange holds.
 
         @param reason: the L{Failure} of the connection loss.
+        @param status: the status the channel answered itself (400 for a
+            malformed request), for the access log; None: the client left.
         """
 
     def body_too_large():

@@ -513,7 +513,11 @@ class ProxyExchange:
         else:
             self._abort_client()
 
-    def client_lost(self, failure) -> None:
+    def client_lost(self, failure, status: Optional[int] = None) -> None:
+        """
+        The client went away, or (C{status}: what the channel answered it)
+        its request turned out malformed: nothing more goes upstream.
+        """
         self.client_gone = True
         if self.queued:
             self.queued = False
@@ -527,7 +531,7 @@ class ProxyExchange:
             self.lease.release(Outcome(status=self.status, failure=_CLIENT_GONE))
         if not self.done:
             self.done = True
-            self._log_access(self.status or 499)
+            self._log_access(self.status or status or 499)
 
     # -- answering -------------------------------------------------------------------
 

@@ -13,7 +13,14 @@ C{render()}, and answers 400 (or just closes) for oversized heads.  Here:
     L{heimdall.proxy.body.RequestBody} as the client sends it (so a proxy
     can stream it upstream);
   - a body over C{max_body_bytes} gets 413, from Content-Length before
-    any of it is read, or while streaming.
+    any of it is read, or while streaming;
+  - framing is strict where RFC 9112 says so (L{framing_problem}): an
+    HTTP/1.1 request without Host, any request with two Host lines or a
+    Host that is not a valid host (userinfo, spaces, ...), and a chunk size
+    of more than 16 hex digits get 400 before anything reaches a backend;
+  - a line may end in a bare LF (RFC 9112 2.2): it is read as a CRLF
+    (the request goes upstream with clean CRLFs, as heimdall writes every
+    head itself), rather than waiting for a CR that never comes.
 
 Resources that are not heimdall's still work under this site: when a
 request's body has been fully received, C{request.content} holds it as
@@ -28,25 +35,68 @@ from __future__ import annotations
 from io import BytesIO
 from typing import Optional
 
+from twisted.internet.error import ConnectionDone
 from twisted.python.failure import Failure
 from twisted.web import http, server
-from twisted.web.http import unquote
+from twisted.web.http import _ChunkedTransferDecoder, _MalformedChunkedDataError, unquote
 
 from heimdall.config.model import LimitsConfig, TimeoutsConfig
 from heimdall.proxy.body import RequestBody
 
-__all__ = ["HeimdallChannel", "HeimdallRequest", "HeimdallSite", "RequestBody"]
+__all__ = ["HeimdallChannel", "HeimdallRequest", "HeimdallSite", "RequestBody", "framing_problem"]
 
 # The defaults of every limit and timeout are the config's.
 _LIMITS = LimitsConfig()
 _TIMEOUTS = TimeoutsConfig()
 
 _REASONS = {
+    400: b"Bad Request",
     408: b"Request Timeout",
     413: b"Content Too Large",
     414: b"URI Too Long",
+    429: b"Too Many Requests",
     431: b"Request Header Fields Too Large",
 }
+
+# RFC 3986 host and port characters: unreserved, pct-encoded, sub-delims,
+# ":" and the brackets of an IP literal.  Not "@" (userinfo), "/", spaces.
+_HOST_CHARS = (
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+    b"-._~%!$&'()*+,;=:[]"
+)
+#: A chunk size is at most 16 hex digits (64 bits): more overflows.
+MAX_CHUNK_SIZE_DIGITS = 16
+
+
+def framing_problem(hosts, version: bytes) -> Optional[bytes]:
+    """
+    Why a request with these Host values (C{None}: no Host line) and this
+    HTTP version must get 400 (RFC 9112 3.2), or L{None}.
+    """
+    if hosts is None:
+        return b"Host header required" if version == b"HTTP/1.1" else None
+    if len(hosts) > 1:
+        return b"more than one Host header"
+    if hosts[0].translate(None, _HOST_CHARS):
+        return b"invalid Host header"
+    return None
+
+
+class _StrictChunkedDecoder(_ChunkedTransferDecoder):
+    """
+    Twisted's chunked decoder, refusing a chunk size of more than
+    L{MAX_CHUNK_SIZE_DIGITS} hex digits (Twisted takes up to 1 KiB of them).
+    """
+
+    def _dataReceived_CHUNK_LENGTH(self) -> bool:
+        size = bytes(self._buffer[: MAX_CHUNK_SIZE_DIGITS + 1])
+        for end in (b";", b"\r", b"\n", b" ", b"\t"):
+            cut = size.find(end)
+            if cut >= 0:
+                size = size[:cut]
+        if len(size) > MAX_CHUNK_SIZE_DIGITS:
+            raise _MalformedChunkedDataError("chunk size of more than 16 hex digits")
+        return super()._dataReceived_CHUNK_LENGTH()
 
 
 def _plain_response(code: int, message: bytes) -> bytes:
@@ -164,6 +214,10 @@ class HeimdallChannel(http.HTTPChannel):
     settings come from the L{HeimdallSite} (C{self.site}).
     """
 
+    # Lines end in LF, an optional CR before it is dropped (lineReceived):
+    # RFC 9112 2.2 lets a server take a bare LF as a line end.
+    delimiter = b"\n"
+
     max_uri_bytes = _LIMITS.max_uri_bytes
     max_header_bytes = _LIMITS.max_header_bytes
     max_body_bytes = _LIMITS.max_body_bytes
@@ -216,6 +270,8 @@ class HeimdallChannel(http.HTTPChannel):
     def lineReceived(self, line: bytes) -> None:
         if self._rejected:
             return
+        if line[-1:] == b"\r":
+            line = line[:-1]
         if not self._in_head:
             if not line:
                 return super().lineReceived(line)  # tolerated empty line
@@ -241,6 +297,10 @@ class HeimdallChannel(http.HTTPChannel):
 
     def allHeadersReceived(self) -> None:
         self._cancel_header_timer()
+        problem = framing_problem(self.requests[-1].requestHeaders.getRawHeaders(b"host"), self._version)
+        if problem is not None:
+            self.reject(400, problem)
+            return
         super().allHeadersReceived()
         if self._rejected or self.transport.disconnecting:
             return
@@ -258,9 +318,32 @@ class HeimdallChannel(http.HTTPChannel):
         super().rawDataReceived(data)
 
     def allContentReceived(self) -> None:
-        if not self.requests or self._body_abandoned:
+        if not self.requests or self._body_abandoned or self._rejected:
             return
         super().allContentReceived()
+
+    def _maybeChooseTransferDecoder(self, header: bytes, data: bytes) -> bool:
+        ok = super()._maybeChooseTransferDecoder(header, data)
+        decoder = self._transferDecoder
+        if ok and type(decoder) is _ChunkedTransferDecoder:
+            self._transferDecoder = _StrictChunkedDecoder(decoder.dataCallback, decoder.finishCallback)
+        return ok
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        # A malformed header line or chunk: the request being proxied (its
+        # head may be on its way upstream) must stop before more of it goes.
+        request = self.requests[-1] if self.requests else None
+        exchange = getattr(request, "exchange", None)
+        if exchange is not None:
+            exchange.client_lost(Failure(ConnectionDone("malformed request")), 400)
+            if request.startedWriting:
+                # A response is under way: a 400 cannot follow it.
+                self._rejected = True
+                self.transport.abortConnection()
+                return
+        self._rejected = True
+        self._cancel_header_timer()
+        super()._respondToBadRequestAndDisconnect()
 
     def abandon_body(self) -> None:
         """
