@@ -21,7 +21,7 @@ The shape, with every default::
       "body_regex": null,           # a regular expression the body must match
       "headers": {},                # e.g. {"Host": "app.example.com"}
       "interval": "2s",             # between checks of an up backend
-      "down_interval": "1s",        # between checks of a down or ejected backend
+      "down_interval": null,        # between checks of a down or ejected backend; null: min(1s, interval)
       "jitter": "10%",              # random delay before each check, of the interval
       "timeout": "1s",
       "rise": 2, "fall": 3,
@@ -56,7 +56,18 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from heimdall.config.fields import boolean, duration, integer, one_of, regular_expression, tuple_from_list, validator
+from heimdall.config.fields import (
+    boolean,
+    duration,
+    integer,
+    lenient,
+    one_of,
+    parse_duration,
+    regular_expression,
+    seconds,
+    tuple_from_list,
+    validator,
+)
 from heimdall.config.reader import build, join, read_object
 from heimdall.errors import ConfigError
 from heimdall.pool.pool import PANIC_MODES, Backend
@@ -195,7 +206,10 @@ class CheckSettings:
     @ivar interval: seconds between checks while the backend is up (or not
         yet known).
     @ivar down_interval: seconds between checks while it is down or
-        ejected, so that a recovery is seen sooner.
+        ejected, so that a recovery is seen sooner; L{None} (the default):
+        the smaller of 1 s and C{interval} (L{effective_down_interval}), so
+        a short C{interval} is never slowed down while down.  It stays
+        derived when C{interval} changes (a per-backend override).
     @ivar jitter: a random delay from 0 to this fraction of the current
         interval before each check, so that checks of many backends (and of
         many heimdalls) spread out.
@@ -215,12 +229,23 @@ class CheckSettings:
     body_regex: Optional[str] = attrs.field(default=None, validator=validator(regular_expression))
     headers: Tuple[Tuple[str, str], ...] = attrs.field(default=(), converter=_headers, validator=_check_headers)
     interval: float = duration(2.0)
-    down_interval: float = duration(1.0)
+    down_interval: Optional[float] = attrs.field(
+        default=None,
+        converter=attrs.converters.optional(lenient(parse_duration)),
+        validator=attrs.validators.optional(validator(seconds(allow_zero=False))),
+    )
     jitter: float = attrs.field(default=0.1, converter=_jitter, validator=_check_jitter)
     timeout: float = duration(1.0)
     rise: int = attrs.field(default=2, validator=validator(integer(1, 100)))
     fall: int = attrs.field(default=3, validator=validator(integer(1, 100)))
     slow_start: float = duration(0.0, allow_zero=True)
+
+    @property
+    def effective_down_interval(self) -> float:
+        """
+        The seconds between checks of a down or ejected backend.
+        """
+        return min(1.0, self.interval) if self.down_interval is None else self.down_interval
 
     def status_ok(self, status: int) -> bool:
         return any(low <= status <= high for low, high in self.expect_status)

@@ -86,7 +86,7 @@ class _BackendProbe:
     def wanted_interval(self) -> float:
         member = self.member
         if member.health is Health.DOWN or member.ejected:
-            return self.settings.down_interval
+            return self.settings.effective_down_interval
         return self.settings.interval
 
     def start(self) -> None:

@@ -27,7 +27,8 @@ def test_defaults():
     assert health == parse_health(None)
     check = health.check
     assert (check.type, check.method, check.path) == ("http", "GET", "/health")
-    assert (check.interval, check.down_interval, check.timeout, check.jitter) == (2.0, 1.0, 1.0, 0.1)
+    assert (check.interval, check.effective_down_interval, check.timeout, check.jitter) == (2.0, 1.0, 1.0, 0.1)
+    assert check.down_interval is None  # derived from the interval
     assert (check.rise, check.fall, check.slow_start) == (2, 3, 0.0)
     assert check.expect_status == ((200, 399),) and check.status_ok(302) and not check.status_ok(404)
     outlier = health.outlier
@@ -159,3 +160,19 @@ def test_panic_mode_is_a_pool_setting():
     with pytest.raises(ConfigError) as caught:
         parse_health({"panic": "sometimes"})
     assert str(caught.value).startswith('health.panic: must be one of "fail", "route"')
+
+
+def test_down_interval_defaults_to_the_smaller_of_1s_and_the_interval():
+    assert parse_health({"interval": "500ms"}).check.effective_down_interval == 0.5
+    assert parse_health({"interval": "5s"}).check.effective_down_interval == 1.0
+    assert parse_health({"interval": "500ms", "down_interval": "2s"}).check.effective_down_interval == 2.0
+    assert parse_health({"down_interval": None}).check.effective_down_interval == 1.0
+    # A backend's own interval gives it its own derived down_interval...
+    health = parse_health({"interval": "5s", "backends": {"127.0.0.1:1": {"interval": "300ms"}}})
+    assert health.for_backend("127.0.0.1:1").effective_down_interval == 0.3
+    # ... unless the section set one.
+    health = parse_health({"down_interval": "2s", "backends": {"127.0.0.1:1": {"interval": "300ms"}}})
+    assert health.for_backend("127.0.0.1:1").effective_down_interval == 2.0
+    with pytest.raises(ConfigError) as info:
+        parse_health({"down_interval": "0s"})
+    assert (info.value.path, info.value.problem) == ("health.down_interval", "must be greater than 0")

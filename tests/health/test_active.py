@@ -155,6 +155,18 @@ def test_the_down_interval_applies_while_down_and_the_interval_after():
     prober.stop()
 
 
+def test_a_short_interval_is_also_the_down_interval_by_default():
+    clock, pool, [member], prober, checks, _ = _setup(interval=0.5, rise=1, fall=1)
+    prober.start()
+    check = checks[0]
+    check.result = False
+    _run(clock, 0.5)  # fails at 0.5: down
+    assert member.health is Health.DOWN
+    _run(clock, 1.5)
+    assert check.started == pytest.approx([0, 0.5, 1.0, 1.5, 2.0])  # every 0.5 s, not 1 s
+    prober.stop()
+
+
 def test_jitter_delays_each_check_within_its_bound():
     clock, pool, [member], prober, checks, _ = _setup(seed=3, interval=2, jitter=0.25)
     prober.start()
