@@ -25,6 +25,16 @@ class BackendsBusy(NoBackendAvailable):
     """
 
 
+class BackendTlsError(HeimdallError):
+    """
+    The TLS handshake with a backend failed or timed out (its certificate
+    was rejected, it wanted a client certificate, it speaks no TLS...).
+    The proxy treats it as a connect failure: 502, and a failure against
+    the backend.  C{str(error)} says why, e.g. C{TLS handshake failed:
+    certificate verify failed: unable to get local issuer certificate}.
+    """
+
+
 class ConfigError(HeimdallError):
     """
     The configuration is invalid.  C{str(error)} names the field path and

@@ -214,6 +214,25 @@ class IHealthCheck(Interface):
         """
 
 
+class IBackendTls(Interface):
+    """
+    How heimdall talks TLS to the C{https://} backends of one service: the
+    upstream connections and the health probes ask the same provider
+    (L{heimdall.tls.client.BackendTls}), through
+    L{heimdall.proxy.endpoints.backend_endpoint}.
+    """
+
+    def creator_for(backend):
+        """
+        The C{IOpenSSLClientConnectionCreator} for C{backend} (a
+        L{heimdall.pool.values.Backend} with scheme https): its trust
+        roots, the name it sends by SNI and verifies, its client
+        certificate.  Built once per backend and then returned again (the
+        settings were read when heimdall started).  A certificate it
+        rejects ends the handshake with a reason saying why.
+        """
+
+
 class IAlertSink(Interface):
     """
     Where alerts go: the log, a webhook, a program.  Fed by

@@ -48,6 +48,7 @@ from heimdall.proxy.upstream import UpstreamPool
 from heimdall.routing.router import Router, Routing
 from heimdall.routing.services import Service, build_services
 from heimdall.routing.table import RouteTable
+from heimdall.tls.client import BackendTls, load_backend_tls
 from heimdall.tls.server import ServerTls, alpn_protocols
 
 __all__ = [
@@ -78,12 +79,15 @@ class Preflight:
         path (the others' are named after it: L{service_state_path}).
     @ivar tls: the TLS port's certificates, read and checked; None without
         a TLS port.
+    @ivar backend_tls: each service's TLS to its https backends, its files
+        read and checked (L{load_backend_tls}), by service name.
     """
 
     token: Optional[str]
     states: Mapping[str, Optional[State]]
     state_path: str
     tls: Optional[ServerTls] = None
+    backend_tls: Mapping[str, BackendTls] = attrs.field(factory=dict)
 
     @property
     def state(self) -> Optional[State]:
@@ -104,7 +108,7 @@ def preflight(config: Config, environ: Optional[Mapping[str, str]] = None) -> Pr
         exists but cannot be read or parsed.
     @raise heimdall.errors.ConfigError: naming a certificate file that
         cannot be read, a key that does not match, an expired certificate
-        (with C{allow_expired} false).
+        (with C{allow_expired} false); the same for the backends' C{tls} files.
     """
     token = resolve_token(config.manager, environ)
     check_exposure(config.manager, token)
@@ -112,7 +116,8 @@ def preflight(config: Config, environ: Optional[Mapping[str, str]] = None) -> Pr
     # Absolute now: a later change of directory must not move it.
     path = os.path.abspath(config.manager.state_file)
     names = (DEFAULT_SERVICE,) + tuple(name for name in config.services if name != DEFAULT_SERVICE)
-    return Preflight(token, {name: load_state(service_state_path(path, name)) for name in names}, path, tls)
+    states = {name: load_state(service_state_path(path, name)) for name in names}
+    return Preflight(token, states, path, tls, load_backend_tls(config))
 
 
 # --- Builders: one part each, from config values and collaborators ------------
@@ -148,15 +153,16 @@ class Proxy:
         return self.default.upstream
 
 
-def build_proxy(config: Config, reactor: Any) -> Proxy:
+def build_proxy(config: Config, reactor: Any, backend_tls: Optional[Mapping[str, BackendTls]] = None) -> Proxy:
     """
-    The services, the router over them (the config's routes) and the
-    site, with the listener's limits and timeouts.
+    The services (C{backend_tls}: how each reaches its https backends), the
+    router over them (the config's routes) and the site, with the
+    listener's limits and timeouts.
     """
     access_log = (
         AccessLog.open(config.access_log.format, config.access_log.path) if config.access_log.enabled else None
     )
-    services = build_services(config, reactor, access_log)
+    services = build_services(config, reactor, access_log, backend_tls)
     router = Router(
         Routing(RouteTable.compile(config.routes), {name: service.resource for name, service in services.items()}),
         clock=reactor,
@@ -336,7 +342,7 @@ class HeimdallService(service.MultiService):
         self.reactor = reactor
         self.preflight_result = preflight_result if preflight_result is not None else preflight(config)
         self.exit_on_failure = exit_on_failure
-        proxy = build_proxy(config, reactor)
+        proxy = build_proxy(config, reactor, self.preflight_result.backend_tls)
         # Not self.services: MultiService's list of child services.
         self.proxy = proxy
         # The default service's parts, by their names from before services.

@@ -106,6 +106,8 @@ def test_a_service_takes_each_setting_it_leaves_at_none_from_the_top_level():
     own = ServiceConfig(strategy="first", retries=0, retry_on=()).resolved(config)
     assert (own.strategy, own.retries, own.retry_on) == (StrategyConfig("first"), 0, ())
     assert own.timeouts is config.timeouts
-    # Every Optional field of ServiceConfig is inherited, and nothing else.
+    # Every Optional field of ServiceConfig is inherited, and nothing else
+    # but tls (TLS to its backends: the top-level tls is termination).
     optional = {f.name for f in attrs.fields(ServiceConfig) if f.default is None}
-    assert optional == set(INHERITED)
+    assert optional == set(INHERITED) | {"tls"}
+    assert ServiceConfig().resolved(config).tls is None

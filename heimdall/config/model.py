@@ -70,7 +70,7 @@ from heimdall.config.fields import (
 )
 from heimdall.config.health import AlertsConfig, HealthConfig, parse_alerts, parse_health
 from heimdall.config.reader import FROM_JSON, build, entries, join, json_type, loads, structure, suggestion
-from heimdall.config.tls import TlsConfig
+from heimdall.config.tls import BackendTlsConfig, TlsConfig, backend_tls_field
 from heimdall.errors import ConfigError, UnknownStrategy
 from heimdall.pool.pool import Backend
 from heimdall.proxy.retry_budget import RETRY_ON_CHOICES as RETRY_ON
@@ -348,12 +348,18 @@ class BackendConfig:
     A backend from the config.  A backup backend gets requests only when
     no other backend of its service is eligible; C{max_connections} limits
     its requests in flight (0: no limit; the others wait in the service's
-    queue).
+    queue).  C{tls} (an C{https://} backend only) overrides its service's
+    (L{BackendTlsConfig}).
     """
 
     backend: Backend = attrs.field(validator=validator(instance_of(Backend, "a heimdall.pool.pool.Backend")))
     backup: bool = attrs.field(default=False, validator=validator(boolean))
     max_connections: int = attrs.field(default=0, validator=validator(integer(0, 1000000)))
+    tls: Optional[BackendTlsConfig] = backend_tls_field()
+
+    def __attrs_post_init__(self) -> None:
+        if self.tls is not None and self.backend.scheme != "https":
+            raise ConfigError("tls", f"applies to https:// backends only, not {self.backend.url}")
 
     @classmethod
     def from_url(cls, url: str, weight: int = 1, backup: bool = False) -> "BackendConfig":
@@ -564,10 +570,12 @@ def _parse_backend(data: object, path: str) -> BackendConfig:
     if not isinstance(data, Mapping):
         raise ConfigError(path, 'must be a URL string or an object like {"url": "http://127.0.0.1:8081"}')
     backend: Optional[Backend] = None
-    weight, backup, limit = 1, False, 0
-    for key, value, key_path in entries(data, path, ("url", "weight", "backup", "max_connections")):
+    weight, backup, limit, tls = 1, False, 0, None
+    for key, value, key_path in entries(data, path, ("url", "weight", "backup", "max_connections", "tls")):
         problem = None
-        if key == "url":
+        if key == "tls":
+            tls = structure(BackendTlsConfig, value, key_path)
+        elif key == "url":
             backend = _backend_from_url(value, key_path)
         elif key == "weight":
             problem = integer(0, 1000)(value)
@@ -582,7 +590,8 @@ def _parse_backend(data: object, path: str) -> BackendConfig:
             raise ConfigError(key_path, problem)
     if backend is None:
         raise ConfigError(f"{path}.url", "is required")
-    return BackendConfig(attrs.evolve(backend, weight=weight), backup, limit)
+    return build(BackendConfig, {"backend": attrs.evolve(backend, weight=weight), "backup": backup,
+                                 "max_connections": limit, "tls": tls}, path)
 
 
 def parse_config(data: object, source: str = "config") -> Config:

@@ -33,6 +33,7 @@ from heimdall.config.model import (
     strategy_from_name,
 )
 from heimdall.config.reader import ReadError, build, entries, join, read_object, structure
+from heimdall.config.tls import BackendTlsConfig, backend_tls_field
 from heimdall.errors import ConfigError
 
 __all__ = [
@@ -86,6 +87,7 @@ class ServiceConfig:
 
     @ivar backends: its backends (the same URL may be in several services).
     @ivar queue: its request queue (L{QueueConfig}).
+    @ivar tls: TLS to its https backends (L{BackendTlsConfig}), or None.
     """
 
     backends: Tuple[BackendConfig, ...] = attrs.field(
@@ -108,6 +110,9 @@ class ServiceConfig:
         default=None, validator=_optional(UpstreamConfig, "an UpstreamConfig")
     )
     queue: QueueConfig = attrs.field(factory=QueueConfig, validator=validator(instance_of(QueueConfig, "a QueueConfig")))
+    #: TLS to its https:// backends (each backend's own C{tls} overrides it
+    #: key by key); not inherited: the top-level C{tls} is TLS termination.
+    tls: Optional[BackendTlsConfig] = backend_tls_field()
 
     def resolved(self, config: Config) -> "ServiceConfig":
         """
@@ -181,6 +186,8 @@ def _parse_service(data: object, path: str, config: Config) -> ServiceConfig:
             value = _merged(UpstreamConfig, value, key_path, config.upstream, attrs.fields_dict(UpstreamConfig))
         elif key == "queue":
             value = structure(QueueConfig, value, key_path)
+        elif key == "tls":
+            value = structure(BackendTlsConfig, value, key_path)
         values[key] = value
     return build(ServiceConfig, values, path)
 

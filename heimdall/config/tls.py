@@ -1,10 +1,12 @@
 """
-The C{tls} section: TLS termination, a second listening port with
-certificates chosen by SNI.
+The C{tls} section (TLS termination, a second listening port with
+certificates chosen by SNI) and the C{tls} of a backend or a service
+(L{BackendTlsConfig}: TLS to C{https://} backends).
 
 Only the shape is checked here; the files are read and checked (readable,
 a key that matches its certificate, not expired) when heimdall starts, by
-L{heimdall.tls.certificates}, with errors that name the field and the file.
+L{heimdall.tls.certificates} (and L{heimdall.tls.client} for the backends'
+files), with errors that name the field and the file.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from heimdall.config.fields import (
     endpoint,
     endpoint_fields,
     endpoint_from_port,
+    instance_of,
     one_of,
     optional_text,
     text,
@@ -27,7 +30,7 @@ from heimdall.config.fields import (
 from heimdall.config.reader import FROM_JSON, read_list, structure
 from heimdall.errors import ConfigError
 
-__all__ = ["CertificateConfig", "TLS_VERSIONS", "TlsConfig"]
+__all__ = ["BackendTlsConfig", "CertificateConfig", "TLS_VERSIONS", "TlsConfig", "backend_tls_field"]
 
 #: The TLS versions C{min_version} may name.
 TLS_VERSIONS = ("1.2", "1.3")
@@ -106,3 +109,60 @@ class TlsConfig:
     @property
     def enabled(self) -> bool:
         return self.listen is not None
+
+
+def _server_name(value) -> Optional[str]:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or len(value) > 253 or any(c.isspace() or c in "/:@" for c in value):
+        return 'must be a host name like "internal.example" (or an IP address), or null'
+    return None
+
+
+def _optional_boolean(value) -> Optional[str]:
+    return None if value is None else boolean(value)
+
+
+@attrs.frozen
+class BackendTlsConfig:
+    """
+    How heimdall talks TLS to C{https://} backends: the C{tls} of a
+    backend, or of a service (for all its https backends, those added at
+    runtime included).  A backend's keys override its service's key by key
+    (C{cert} and C{key} as one pair); a key given at neither level takes
+    the default below.
+
+    @ivar ca: a PEM file of the certificate authorities to trust instead of
+        the system's trust store.
+    @ivar verify: C{false} accepts any certificate (logged as a warning at
+        start); default true.
+    @ivar server_name: the name sent by SNI and verified; default: the
+        backend URL's host.
+    @ivar cert: a client certificate (PEM, intermediates may follow it)
+        for mutual TLS, with C{key}.
+    @ivar key: the client certificate's private key (PEM, unencrypted).
+    """
+
+    ca: Optional[str] = attrs.field(default=None, validator=validator(optional_text))
+    verify: Optional[bool] = attrs.field(default=None, validator=validator(_optional_boolean))
+    server_name: Optional[str] = attrs.field(default=None, validator=validator(_server_name))
+    cert: Optional[str] = attrs.field(default=None, validator=validator(optional_text))
+    key: Optional[str] = attrs.field(default=None, validator=validator(optional_text))
+
+    def __attrs_post_init__(self) -> None:
+        if self.cert is not None and self.key is None:
+            raise ConfigError("key", "is required with cert (the client certificate's private key)")
+        if self.key is not None and self.cert is None:
+            raise ConfigError("cert", "is required with key (the client certificate)")
+
+
+def backend_tls_field():
+    """
+    The attrs field of a value that may hold a L{BackendTlsConfig}
+    (L{None}: the defaults, or the service's).
+    """
+    return attrs.field(
+        default=None,
+        validator=attrs.validators.optional(validator(instance_of(BackendTlsConfig, "a BackendTlsConfig"))),
+        metadata={FROM_JSON: lambda value, path: structure(BackendTlsConfig, value, path)},
+    )

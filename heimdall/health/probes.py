@@ -8,7 +8,9 @@ The API, from the bottom up:
     L{HTTPConnectionPool} whose client factory does not log every
     connection (probes and webhooks open one connection per request; a
     "Starting factory" line per probe would flood the log).
-    C{probe_agent(reactor, connect_timeout=None)}: an L{Agent} over one.
+    C{probe_agent(reactor, connect_timeout=None, tls=None)}: an L{Agent}
+    over one; with C{tls} (a service's L{IBackendTls}) it reaches https
+    backends with the proxy's endpoints and TLS settings.
 
   - C{HttpProbe(agent, method=b"GET", headers=(), body_limit=0)}: one HTTP
     request per C{fetch(url)}, a L{Deferred} firing with an
@@ -54,11 +56,14 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.python.failure import Failure
 from twisted.web import client as web_client
+from twisted.web.iweb import IAgentEndpointFactory
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
 from heimdall.config.health import CheckSettings
 from heimdall.interfaces import IHealthCheck
+from heimdall.pool.values import Backend
+from heimdall.proxy.endpoints import backend_endpoint
 
 __all__ = [
     "HttpAnswer",
@@ -80,6 +85,9 @@ __all__ = [
 MAX_PROBE_BODY = 64 * 1024
 
 USER_AGENT = b"heimdall-health-check/1"
+
+# Agent's own default; the prober's timeout cancels a probe before it.
+_DEFAULT_CONNECT_TIMEOUT = 30.0
 
 
 @attrs.frozen
@@ -138,11 +146,36 @@ def quiet_connection_pool(reactor: Any) -> web_client.HTTPConnectionPool:
     return pool
 
 
-def probe_agent(reactor: Any, connect_timeout: Optional[float] = None) -> web_client.Agent:
+@implementer(IAgentEndpointFactory)
+@attrs.frozen
+class _BackendEndpoints:
     """
-    An L{Agent} over a L{quiet_connection_pool}.
+    Agent's endpoints for backends: the proxy's own (TLS settings, the
+    handshake as part of connecting), so a probe meets what a request meets.
     """
-    return web_client.Agent(reactor, pool=quiet_connection_pool(reactor), connectTimeout=connect_timeout)
+
+    reactor: Any
+    tls: Any
+    connect_timeout: float
+
+    def endpointForURI(self, uri: Any) -> Any:
+        host = uri.host.decode("ascii").strip("[]")
+        backend = Backend(uri.scheme.decode("ascii"), host, uri.port)
+        return backend_endpoint(self.reactor, backend, self.connect_timeout, self.tls)
+
+
+def probe_agent(reactor: Any, connect_timeout: Optional[float] = None, tls: Any = None) -> web_client.Agent:
+    """
+    An L{Agent} over a L{quiet_connection_pool}.  With C{tls} (a service's
+    L{heimdall.interfaces.IBackendTls}) it connects as the proxy does
+    (L{heimdall.proxy.endpoints.backend_endpoint}): https backends with
+    their service's TLS settings.
+    """
+    pool = quiet_connection_pool(reactor)
+    if tls is not None:
+        timeout = connect_timeout if connect_timeout is not None else _DEFAULT_CONNECT_TIMEOUT
+        return web_client.Agent.usingEndpointFactory(reactor, _BackendEndpoints(reactor, tls, timeout), pool=pool)
+    return web_client.Agent(reactor, pool=pool, connectTimeout=connect_timeout)
 
 
 # --- HTTP --------------------------------------------------------------------------

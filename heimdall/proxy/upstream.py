@@ -550,7 +550,7 @@ class UpstreamPool:
     connect_timeout: float = _TIMEOUTS.connect
     idle_timeout: float = _TIMEOUTS.idle_upstream
     max_idle_per_backend: int = _UPSTREAM.max_idle_per_backend
-    tls_trust_root: object = None
+    tls: object = None  # an IBackendTls for https:// backends (None: the system's trust store)
     opened: int = 0  # connections established
     reused: int = 0  # requests sent on a pooled connection
     connect_failures: int = 0
@@ -692,9 +692,4 @@ class UpstreamPool:
         return endpoint
 
     def _make_endpoint(self, backend: Backend):
-        creator = None
-        if backend.scheme == "https" and self.tls_trust_root is not None:
-            from twisted.internet.ssl import optionsForClientTLS
-
-            creator = optionsForClientTLS(backend.host, trustRoot=self.tls_trust_root)
-        return backend_endpoint(self.reactor, backend, self.connect_timeout, creator)
+        return backend_endpoint(self.reactor, backend, self.connect_timeout, self.tls)

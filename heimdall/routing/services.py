@@ -11,13 +11,14 @@ manager, metrics); nothing here is global.
 from __future__ import annotations
 
 import random as _random
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Mapping, Optional
 
 import attrs
 
 from heimdall.config.health import RetryBudgetConfig
 from heimdall.config.model import Config
 from heimdall.config.services import DEFAULT_SERVICE, ServiceConfig, service_configs
+from heimdall.health.probes import probe_agent
 from heimdall.health.wiring import HealthService, build_health
 from heimdall.pool.pool import BackendPool
 from heimdall.proxy.queue import RequestQueue
@@ -76,15 +77,18 @@ def build_service(
     config: Config,
     reactor: Any,
     access_log: Optional[Any] = None,
+    tls: Optional[Any] = None,
 ) -> Service:
     """
     A service from its resolved C{settings}, with an empty pool: its
     server manager loads its backends with its state file's changes.
     C{config} gives what all services share (forwarded headers, body
-    limit, alerts).
+    limit, alerts).  C{tls} (an L{heimdall.interfaces.IBackendTls}) is how
+    its requests and its health probes reach https backends.
     """
     pool = build_pool(settings, reactor)
-    health = build_health(settings.health, config.alerts, pool, reactor, reactor)
+    agent = probe_agent(reactor, tls=tls) if tls is not None else None
+    health = build_health(settings.health, config.alerts, pool, reactor, reactor, agent=agent)
     if name != DEFAULT_SERVICE:
         # Named services in one MultiService must have distinct names.
         health.setName(f"{health.name}:{name}")
@@ -94,6 +98,7 @@ def build_service(
         connect_timeout=timeouts.connect,
         idle_timeout=timeouts.idle_upstream,
         max_idle_per_backend=settings.upstream.max_idle_per_backend,
+        tls=tls,
     )
     queue = (
         RequestQueue(pool, settings.queue.size, settings.queue.timeout, reactor) if settings.queue.size else None
@@ -116,13 +121,17 @@ def build_service(
     return Service(name, settings, pool, upstream, resource, health)
 
 
-def build_services(config: Config, reactor: Any, access_log: Optional[Any] = None) -> Dict[str, Service]:
+def build_services(
+    config: Config, reactor: Any, access_log: Optional[Any] = None, tls: Optional[Mapping[str, Any]] = None
+) -> Dict[str, Service]:
     """
     Every service of C{config}, C{default} first, with empty pools: each
     service's server manager loads its backends with its state file's
-    changes.
+    changes.  C{tls}: each service's L{heimdall.interfaces.IBackendTls}, by
+    name.
     """
+    tls = tls or {}
     return {
-        name: build_service(name, settings, config, reactor, access_log)
+        name: build_service(name, settings, config, reactor, access_log, tls.get(name))
         for name, settings in service_configs(config).items()
     }

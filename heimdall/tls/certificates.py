@@ -13,7 +13,7 @@ common name when it has none.
 from __future__ import annotations
 
 import datetime
-from typing import Any, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 import attrs
 from cryptography import x509
@@ -28,6 +28,7 @@ __all__ = [
     "load_certificate",
     "load_key",
     "load_pem_certificates",
+    "use",
 ]
 
 
@@ -144,3 +145,15 @@ def load_certificate(
         )
     names = certificate_names(certificate)
     return LoadedCertificate(source, cert_path, certificate, key, tuple(chain), names, not_after, expired)
+
+
+def use(setter: Callable[[Any], None], value: Any, legacy: Callable[[Any], Any]) -> None:
+    """
+    Give an OpenSSL context a cryptography object (a certificate, a key):
+    pyOpenSSL >= 24.3 takes cryptography's objects, older ones (PyPy's)
+    want theirs, made by C{legacy}.
+    """
+    try:
+        setter(value)
+    except TypeError:
+        setter(legacy(value))

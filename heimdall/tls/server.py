@@ -28,7 +28,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from heimdall.config.tls import TlsConfig
-from heimdall.tls.certificates import LoadedCertificate, load_certificate
+from heimdall.tls.certificates import LoadedCertificate, load_certificate, use as _use
 
 __all__ = ["ServerTls", "alpn_protocols", "load_certificates"]
 
@@ -73,14 +73,6 @@ def load_certificates(config: TlsConfig, now: datetime.datetime, source: str = "
             )
         loaded.append(certificate)
     return loaded
-
-
-def _use(setter: Callable[[Any], None], value: Any, legacy: Callable[[Any], Any]) -> None:
-    # pyOpenSSL >= 24.3 takes cryptography's objects; older ones want theirs.
-    try:
-        setter(value)
-    except TypeError:
-        setter(legacy(value))
 
 
 def _context(certificate: LoadedCertificate, min_version: str, protocols: Sequence[bytes]) -> SSL.Context:
