@@ -29,6 +29,7 @@ from heimdall.config.model import Config, ManagerConfig
 from heimdall.config.services import DEFAULT_SERVICE, ServiceConfig
 from heimdall.lifecycle.signals import ProcessSignals, ignore_hangup
 from heimdall.manager.auth import check_exposure, resolve_token
+from heimdall.manager.events import event_streams
 from heimdall.manager.readiness import HttpReadyCheck
 from heimdall.manager.servers import ServerManager
 from heimdall.manager.services import ServiceManagers, service_state_path
@@ -39,7 +40,8 @@ from heimdall.manager.supervisor import RestartPolicy
 from heimdall.observe.accesslog import AccessLog
 from heimdall.observe.logging import install_on_application, reopen_log_files
 from heimdall.observe.edge import EdgeMetrics
-from heimdall.observe.metrics import Metrics, exposition
+from heimdall.observe.live import LiveFeed
+from heimdall.observe.metrics import Metrics, exposition, observe_requests, undo_all
 from heimdall.pool.pool import BackendPool
 from heimdall.proxy.h2 import H2_ENABLED, switching_channel_factory
 from heimdall.proxy.resource import BalancerResource
@@ -56,6 +58,7 @@ __all__ = [
     "Preflight",
     "Proxy",
     "build_manager",
+    "build_live",
     "build_manager_site",
     "build_managers",
     "build_metrics",
@@ -288,15 +291,38 @@ def build_metrics(
     return metrics, detach_all
 
 
+def build_live(proxy: Proxy, reactor: Any, started_at: float) -> Tuple[LiveFeed, Callable[[], None]]:
+    """
+    The live feed (C{GET /events}, the dashboard) over every service, and
+    the function that detaches it from the requests.
+    """
+    sites = [site for site in (proxy.site, proxy.tls_site) if site is not None]
+    live = LiveFeed(
+        reactor,
+        {name: service_.pool for name, service_ in proxy.services.items()},
+        open_connections=lambda: sum(site.open_connections for site in sites),
+        # The config generation: 1 until reloading counts them.
+        generation=lambda: 1,
+        started_at=started_at,
+    )
+    undo: list = []
+    for resource in [proxy.router] + [service_.resource for service_ in proxy.services.values()]:
+        observe_requests(resource, live.stats.observe, undo)
+    for name, service_ in proxy.services.items():
+        live.watch_alerts(name, service_.health.alerts)
+    return live, lambda: undo_all(undo)
+
+
 def build_manager_site(
-    managers: ServiceManagers, token: Optional[str], metrics: Metrics, reactor: Any
+    managers: ServiceManagers, token: Optional[str], metrics: Metrics, reactor: Any, live: Optional[LiveFeed] = None
 ) -> Tuple[ManagerResource, ManagerSite]:
     """
     The manager API over every service's manager, with the metrics at
-    C{/metrics}.
+    C{/metrics} and the live feed at C{/events}.
     """
     resource = ManagerResource(
-        managers.default, token=token, metrics=exposition(metrics.registry), services=managers
+        managers.default, token=token, metrics=exposition(metrics.registry), services=managers,
+        events=event_streams(live) if live is not None else None,
     )
     return resource, ManagerSite(resource, reactor=reactor)
 
@@ -367,8 +393,9 @@ class HeimdallService(service.MultiService):
         self.managers, self._to_restore = build_managers(config, proxy, self.spawner, reactor, self.preflight_result)
         self.manager = self.managers.default
         self.metrics, self._detach_metrics = build_metrics(config, proxy, self.spawner, self.manager, self.tls)
+        self.live, self._detach_live = build_live(proxy, reactor, self.manager.started_at)
         self.manager_resource, self.manager_site = build_manager_site(
-            self.managers, self.preflight_result.token, self.metrics, reactor
+            self.managers, self.preflight_result.token, self.metrics, reactor, self.live
         )
         self.port = None
         self.tls_port = None
@@ -396,6 +423,7 @@ class HeimdallService(service.MultiService):
     def startService(self) -> None:
         self.signals.install()
         super().startService()
+        self.live.start()
         endpoint = serverFromString(self.reactor, self.config.listen)
         d = endpoint.listen(self.site)
         d.addCallback(self._listening)
@@ -471,10 +499,12 @@ class HeimdallService(service.MultiService):
     @defer.inlineCallbacks
     def stopService(self):
         self._detach_metrics()
+        self._detach_live()
         yield defer.maybeDeferred(super().stopService)
         if self.manager_port is not None:
             yield self.manager_port.stopListening()
             self.manager_port = None
+        self.live.stop()  # ends the event streams
         # No change is accepted from here on, supervision ends (no
         # restart races the stop below) and pending state writes land.
         yield self.managers.stop()

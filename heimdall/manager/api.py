@@ -51,8 +51,10 @@ __all__ = [
     "Answer",
     "ApiError",
     "ManagerApi",
+    "PUBLIC_PATHS",
     "RawBody",
     "Route",
+    "Stream",
     "error_answer",
     "error_payload",
     "json_bytes",
@@ -92,6 +94,17 @@ class RawBody:
 
     body: bytes
     content_type: str
+
+
+@attrs.frozen
+class Stream:
+    """
+    A response that streams: the site sets the status and hands the
+    request to C{start}, which writes and finishes it when it will (the
+    event stream, L{heimdall.manager.events}).
+    """
+
+    start: Callable[[Any], Any]
 
 
 @attrs.frozen
@@ -195,6 +208,10 @@ ROUTES: Tuple[Route, ...] = (
     Route("/status", ("GET",), "status", ("version, uptime, strategy and counts",)),
     Route("/openapi.json", ("GET",), "openapi", ("the OpenAPI 3.1 description of this API",)),
     Route("/metrics", ("GET",), "metrics", ("Prometheus metrics (text exposition, or OpenMetrics on request)",)),
+    Route(
+        "/events", ("GET",), "events",
+        ("server-sent events (text/event-stream): pool events and alerts as they happen, stats every second",),
+    ),
     Route("/services", ("GET",), "services", ("every service with its strategy, counts and routes",)),
     Route(
         "/services/update", ("POST",), "service_update",
@@ -238,6 +255,10 @@ ROUTES: Tuple[Route, ...] = (
 
 _FIXED = {route.path: route for route in ROUTES if "{" not in route.path}
 _BY_SERVER = next(route for route in ROUTES if route.path == "/servers/{server}")
+
+#: Served without the token: the dashboard's static files (they hold no
+#: data; every call the page makes for data carries the token).
+PUBLIC_PATHS = frozenset(route.path for route in ROUTES if route.handler == "dashboard")
 
 _ADD_FIELDS = ("url", "port", "weight", "backup")
 _UPDATE_FIELDS = ("weight", "admin", "backup")
@@ -392,6 +413,9 @@ class ManagerApi:
     metrics: Optional[Callable[[str], Tuple[bytes, str]]] = None
     #: Every service's manager (C{?service=}); only C{manager}'s by default.
     services: Optional[ServiceManagers] = None
+    #: Starts C{GET /events} on a request (L{heimdall.manager.events.event_streams});
+    #: without it, 404.
+    events: Optional[Callable[[Any], Any]] = None
 
     def __attrs_post_init__(self) -> None:
         if self.services is None:
@@ -399,7 +423,8 @@ class ManagerApi:
 
     async def handle(self, request: Any) -> Answer:
         body = _body(request)
-        actor = Actor(_client(request), authenticate(request.getHeader(b"authorization"), self.token))
+        public = request.path.decode("latin-1") in PUBLIC_PATHS
+        actor = Actor(_client(request), False if public else authenticate(request.getHeader(b"authorization"), self.token))
         route, server_ref = _route(request.path)
         method = request.method.decode("ascii", "replace")
         allowed = route.methods + (("HEAD",) if "GET" in route.methods else ())
@@ -410,7 +435,8 @@ class ManagerApi:
                 {"method": method, "allowed": list(allowed)},
                 headers=[("Allow", ", ".join(allowed))],
             )
-        if method == "HEAD":
+        head = method == "HEAD"
+        if head:
             method = "GET"
         query = _query(request, route)
         manager = self.services.get(query.get("service"))
@@ -423,6 +449,10 @@ class ManagerApi:
             return Answer(200, openapi_document())
         if handler == "metrics":
             return self._metrics(request)
+        if handler == "events":
+            if self.events is None:
+                raise ApiError(404, "the event stream is not enabled", None)
+            return Answer(200, RawBody(b"", "text/event-stream; charset=utf-8") if head else Stream(self.events))
         if handler == "services":
             return Answer(200, self.services.describe())
         if handler == "service_update":

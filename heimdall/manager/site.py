@@ -19,6 +19,7 @@ from heimdall.manager.api import (
     Answer,
     ManagerApi,
     RawBody,
+    Stream,
     error_answer,
     json_bytes,
     too_large_response,
@@ -38,13 +39,16 @@ class ManagerResource(Resource):
     @param token: the bearer token every request must carry, or None.
     @param metrics: renders C{GET /metrics} (see L{ManagerApi.metrics}).
     @param services: every service's manager (L{ManagerApi.services}).
+    @param events: starts C{GET /events} on a request (L{ManagerApi.events}).
     """
 
     isLeaf = True
 
-    def __init__(self, manager: ServerManager, token: Optional[str] = None, metrics=None, services=None) -> None:
+    def __init__(
+        self, manager: ServerManager, token: Optional[str] = None, metrics=None, services=None, events=None
+    ) -> None:
         super().__init__()
-        self.api = ManagerApi(manager, token, metrics, services)
+        self.api = ManagerApi(manager, token, metrics, services, events)
 
     def render(self, request: Any) -> Any:
         gone: List[bool] = []
@@ -65,6 +69,10 @@ class ManagerResource(Resource):
     @staticmethod
     def _write(request: Any, answer: Answer) -> None:
         payload = answer.payload
+        if isinstance(payload, Stream):
+            request.setResponseCode(answer.status)
+            payload.start(request)  # it writes and finishes
+            return
         if isinstance(payload, RawBody):
             body, content_type = payload.body, payload.content_type.encode("ascii")
         else:

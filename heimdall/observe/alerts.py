@@ -427,6 +427,9 @@ class AlertDispatcher:
     #: Called with C{(sink kind, delivered)} after each delivery to a sink
     #: (C{"webhook"}, C{"command"}): for metrics; must not raise.
     delivery_observers: List[Callable[[str, bool], None]] = attrs.field(factory=list)
+    #: Called with each alert document handed to the sinks (damped as
+    #: they are), on the reactor's next turn: the live feed; must not raise.
+    alert_observers: List[Callable[[Dict[str, Any]], None]] = attrs.field(factory=list)
     _windows: Dict[str, _Window] = attrs.field(init=False, factory=dict)
     _scheduled: Set[IDelayedCall] = attrs.field(init=False, factory=set)
     _unsubscribe: Optional[Callable[[], None]] = attrs.field(init=False, default=None)
@@ -522,6 +525,11 @@ class AlertDispatcher:
 
         def send_all() -> None:
             self._scheduled.discard(holder[0])
+            for observer in self.alert_observers:
+                try:
+                    observer(alert)
+                except Exception:
+                    _log.failure("alert observer {observer!r} failed", observer=observer)
             for sink in self.sinks:
                 try:
                     d = sink.send(alert)

@@ -246,7 +246,16 @@ class HeimdallChannelSwitch(http._GenericHTTPChannelProtocol):
         self._channel = channel
         channel.makeConnection(transport)
         network_producer.registerProducer(channel, True)
-        old.connectionLost = lambda reason: None  # it never had a request
+        # It never had a request; its connection is counted until the end.
+        old.connectionLost = lambda reason: None
+        self._http1 = old
+
+    _http1 = None
+
+    def connectionLost(self, reason) -> None:
+        super().connectionLost(reason)
+        if self._http1 is not None:
+            self._http1.uncount()
 
 
 def switching_channel_factory(cleartext: bool = False):

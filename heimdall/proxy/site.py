@@ -249,7 +249,20 @@ class HeimdallChannel(http.HTTPChannel):
         self.MAX_LENGTH = self.max_header_bytes
         self.totalHeadersSize = self.max_header_bytes + 4096
         super().connectionMade()
+        site.open_connections += 1
+        self._counted = True
         self._arm_header_timer()
+
+    _counted = False
+
+    def uncount(self) -> None:
+        """
+        This connection is no longer open (once; also for HTTP/2, whose
+        connection takes over from this channel: L{proxy.h2}).
+        """
+        if self._counted:
+            self._counted = False
+            self.site.open_connections -= 1
 
     #: The tunnel this connection was handed over to (see L{hand_over}).
     tunnel = None
@@ -435,6 +448,7 @@ class HeimdallChannel(http.HTTPChannel):
         return buffered
 
     def connectionLost(self, reason) -> None:
+        self.uncount()
         self.stop_timers()
         tunnel = self.tunnel
         if tunnel is not None:
@@ -456,6 +470,8 @@ class HeimdallSite(server.Site):
     protocol = HeimdallChannel
     requestFactory = HeimdallRequest
     noisy = False
+    #: Client connections open now (HTTP/1.x and HTTP/2, tunnels included).
+    open_connections = 0
 
     def __init__(
         self,

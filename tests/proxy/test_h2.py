@@ -292,3 +292,26 @@ def test_the_private_twisted_api_the_switch_uses():
     for name in ("_negotiatedProtocol", "_site", "_factory", "_timeOut", "_callLater"):
         assert hasattr(switch, name), name
     assert callable(H2Connection._requestReceived) and "_request" in H2Stream.__init__.__code__.co_names
+
+
+@pytest.mark.skipif(not H2_ENABLED, reason="the h2 package is not installed")
+def test_a_connection_switched_to_http2_is_counted_until_it_closes():
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.error import ConnectionDone
+    from twisted.internet.task import Clock
+    from twisted.internet.testing import StringTransport
+    from twisted.python.failure import Failure
+    from twisted.web.resource import Resource
+
+    from heimdall.proxy.h2 import _PREFACE
+    from heimdall.proxy.site import HeimdallSite
+
+    site = HeimdallSite(Resource(), reactor=Clock())
+    site.protocol = switching_channel_factory(cleartext=True)
+    protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+    protocol.makeConnection(StringTransport())
+    assert site.open_connections == 1
+    protocol.dataReceived(_PREFACE)
+    assert protocol._negotiatedProtocol == b"h2" and site.open_connections == 1
+    protocol.connectionLost(Failure(ConnectionDone()))
+    assert site.open_connections == 0

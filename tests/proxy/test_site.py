@@ -81,3 +81,20 @@ def test_timers_are_lazy_and_gone_after_disconnect():
     assert len(clock.getDelayedCalls()) == 2
     _lose(protocol, transport)
     assert clock.getDelayedCalls() == []
+
+
+def test_open_connections_are_counted_once_each():
+    clock = Clock()
+    site = HeimdallSite(Hello(), reactor=clock)
+    opened = []
+    for port in (1, 2):
+        protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", port))
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", port))
+        protocol.makeConnection(transport)
+        opened.append((protocol, transport))
+    assert site.open_connections == 2
+    _lose(*opened[0])
+    assert site.open_connections == 1
+    opened[0][0].uncount()  # a second time changes nothing
+    _lose(*opened[1])
+    assert site.open_connections == 0
