@@ -40,6 +40,7 @@ from heimdall.errors import (
     ServiceNotFound,
     StateNotSaved,
 )
+from heimdall.manager import dashboard
 from heimdall.manager.auth import authenticate
 from heimdall.manager.servers import Actor, ServerManager
 from heimdall.manager.services import ServiceManagers
@@ -212,6 +213,9 @@ ROUTES: Tuple[Route, ...] = (
         "/events", ("GET",), "events",
         ("server-sent events (text/event-stream): pool events and alerts as they happen, stats every second",),
     ),
+    Route("/dashboard", ("GET",), "dashboard", ("the live dashboard (a page; its data needs the token)",)),
+    Route("/dashboard/app.js", ("GET",), "dashboard", ("the dashboard's script",)),
+    Route("/dashboard/style.css", ("GET",), "dashboard", ("the dashboard's style sheet",)),
     Route("/services", ("GET",), "services", ("every service with its strategy, counts and routes",)),
     Route(
         "/services/update", ("POST",), "service_update",
@@ -453,6 +457,9 @@ class ManagerApi:
             if self.events is None:
                 raise ApiError(404, "the event stream is not enabled", None)
             return Answer(200, RawBody(b"", "text/event-stream; charset=utf-8") if head else Stream(self.events))
+        if handler == "dashboard":
+            body, content_type = dashboard.asset(request.path.decode("latin-1"))
+            return Answer(200, RawBody(body, content_type), dashboard.HEADERS)
         if handler == "services":
             return Answer(200, self.services.describe())
         if handler == "service_update":

@@ -551,3 +551,37 @@ def test_manager_config_errors(manager, error):
     with pytest.raises(ConfigError) as caught:
         parse_config({"manager": manager})
     assert str(caught.value).startswith(error)
+
+
+# -- the dashboard's files ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path, content_type", [
+    ("/dashboard", "text/html; charset=utf-8"),
+    ("/dashboard/app.js", "text/javascript; charset=utf-8"),
+    ("/dashboard/style.css", "text/css; charset=utf-8"),
+])
+def test_the_dashboard_files_are_served_without_the_token(tmp_path, path, content_type):
+    from heimdall.manager import dashboard
+
+    h = Harness(str(tmp_path / "s.json"), token="s3cret")
+    response = h.request("GET", path)
+    assert response.code == 200 and response.header("content-type") == content_type
+    assert response.body == dashboard.asset(path)[0] and len(response.body) > 500
+    policy = response.header("content-security-policy")
+    assert "default-src 'none'" in policy and "script-src 'self'" in policy
+    assert h.request("HEAD", path).code == 200
+    # Only those: everything with data still needs the token.
+    assert h.request("GET", "/dashboard/other.js").code == 401
+    assert h.request("GET", "/status").code == 401
+
+
+def test_the_page_loads_nothing_from_elsewhere():
+    from heimdall.manager import dashboard
+
+    page = dashboard.asset("/dashboard")[0].decode()
+    assert 'src="/dashboard/app.js"' in page and 'href="/dashboard/style.css"' in page
+    for path in dashboard.FILES:
+        text = dashboard.asset(path)[0].decode()
+        assert "http://" not in text.replace("http://www.w3.org/2000/svg", "") and "https://" not in text
+        assert "MIT" in text  # the licence is noted in each file
