@@ -188,7 +188,10 @@ def build_proxy(config: Config, reactor: Any, backend_tls: Optional[Mapping[str,
         tls_site = make_site()
         if config.tls.http2 and H2_ENABLED:
             tls_site.protocol = switching_channel_factory()
-    return Proxy(services, access_log, router, make_site(), tls_site)
+    site = make_site()
+    if config.h2c and H2_ENABLED:
+        site.protocol = switching_channel_factory(cleartext=True)
+    return Proxy(services, access_log, router, site, tls_site)
 
 
 def build_spawner(manager_config: ManagerConfig, reactor: Any) -> ServerSpawner:

@@ -412,6 +412,11 @@ class Config:
 
     @ivar listen: the proxy's Twisted server endpoint string.
     @ivar tls: TLS termination on a second port (L{heimdall.config.tls}).
+    @ivar h2c: also speak HTTP/2 on the plain C{listen} port to clients
+        that open with the HTTP/2 preface (h2c with prior knowledge, as
+        C{curl --http2-prior-knowledge}); HTTP/1.1 clients are unaffected.
+        The plain port's counterpart of C{tls.http2}; C{Upgrade: h2c} is
+        never honoured.
     @ivar backends: the backends to start with.
     @ivar spawn: how many demo backends heimdall starts itself at start-up,
         on ports from C{manager.base_port}.
@@ -461,6 +466,7 @@ class Config:
     )
     routes: Tuple[Any, ...] = attrs.field(default=(), converter=tuple_from_list, validator=_check_routes)
     tls: TlsConfig = section(TlsConfig, "a TlsConfig")
+    h2c: bool = attrs.field(default=False, validator=validator(boolean))
 
     def __attrs_post_init__(self) -> None:
         # Spawned backends take consecutive ports from manager.base_port.
