@@ -329,7 +329,7 @@ def test_error_messages(data, message):
         (
             {"zzz": 1},
             "zzz: unknown key; known keys: listen, strategy, backends, spawn, manager, timeouts, limits, "
-            "retries, retry_on, upstream, forwarded, access_log, log, health, alerts, services, routes, tls",
+            "retries, retry_on, upstream, forwarded, access_log, log, health, alerts, services, routes, tls, h2c",
         ),
         # "$schema" is a comment at the top level only.
         ({"log": {"$schema": "x"}}, "log.$schema: unknown key; known keys: format, path, level"),
