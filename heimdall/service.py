@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from heimdall.clock import maybe_global_reactor
 from heimdall.config.model import Config, ManagerConfig
 from heimdall.config.services import DEFAULT_SERVICE, ServiceConfig
+from heimdall.lifecycle.shutdown import GracefulShutdown
 from heimdall.lifecycle.signals import ProcessSignals, ignore_hangup
 from heimdall.manager.auth import check_exposure, resolve_token
 from heimdall.manager.events import event_streams
@@ -347,8 +348,9 @@ class HeimdallService(service.MultiService):
     """
     heimdall as configured by a L{Config}.  Start order: the proxy port,
     then the spawned backends (each joins the pool when it accepts
-    connections).  Stop order: the proxy port, upstream connections,
-    spawned backends.
+    connections).  Stop order: the proxy and TLS ports and their client
+    connections (gracefully: L{GracefulShutdown}), the manager, upstream
+    connections, spawned backends.
     """
 
     def __init__(
@@ -404,8 +406,11 @@ class HeimdallService(service.MultiService):
         self.tls_port = None
         self.manager_port = None
         self.ready: defer.Deferred = defer.Deferred()
+        self.shutdown = GracefulShutdown(reactor, config.timeouts.shutdown_grace)
         #: SIGHUP, SIGUSR1, SIGTERM and SIGINT (heimdall.lifecycle.signals).
-        self.signals = ProcessSignals(reactor, on_hangup=ignore_hangup, on_reopen_logs=self.reopen_logs)
+        self.signals = ProcessSignals(
+            reactor, on_hangup=ignore_hangup, on_reopen_logs=self.reopen_logs, on_second_stop=self.shutdown.cut_short
+        )
 
     def setServiceParent(self, parent):
         result = super().setServiceParent(parent)
@@ -501,6 +506,11 @@ class HeimdallService(service.MultiService):
 
     @defer.inlineCallbacks
     def stopService(self):
+        # First the graceful part: no new connection, requests in flight
+        # finish within timeouts.shutdown_grace (heimdall.lifecycle.shutdown).
+        sites = [site for site in (self.site, self.tls_site) if site is not None]
+        yield self.shutdown.drain([self.port, self.tls_port], [site.connections for site in sites])
+        self.port = self.tls_port = None
         self._detach_metrics()
         self._detach_live()
         yield defer.maybeDeferred(super().stopService)
@@ -511,12 +521,6 @@ class HeimdallService(service.MultiService):
         # No change is accepted from here on, supervision ends (no
         # restart races the stop below) and pending state writes land.
         yield self.managers.stop()
-        if self.port is not None:
-            yield self.port.stopListening()
-            self.port = None
-        if self.tls_port is not None:
-            yield self.tls_port.stopListening()
-            self.tls_port = None
         for service_ in self.proxy.services.values():
             yield service_.upstream.close_all()
         yield self.spawner.stopService()

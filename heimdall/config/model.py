@@ -212,7 +212,7 @@ class ManagerConfig:
 @attrs.frozen
 class TimeoutsConfig:
     """
-    Timeouts, in seconds, all greater than 0.
+    Timeouts, in seconds, all greater than 0 (shutdown_grace may be 0).
 
     @ivar connect: to open a connection to a backend.
     @ivar response: from sending a request upstream to the first byte of
@@ -223,6 +223,8 @@ class TimeoutsConfig:
     @ivar client_idle: how long an idle keep-alive client connection is kept.
     @ivar tunnel_idle: an Upgrade tunnel (WebSocket) with no byte either
         way for this long is closed.
+    @ivar shutdown_grace: on SIGTERM or SIGINT, how long requests in
+        flight may run on before their connections are closed (0: none).
     """
 
     connect: float = duration(5.0)
@@ -231,6 +233,7 @@ class TimeoutsConfig:
     client_header: float = duration(10.0)
     client_idle: float = duration(75.0)
     tunnel_idle: float = duration(3600.0)
+    shutdown_grace: float = duration(10.0, allow_zero=True)
 
 
 @attrs.frozen

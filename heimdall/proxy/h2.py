@@ -198,6 +198,16 @@ if H2_ENABLED:
             if isinstance(request, HeimdallStreamRequest):
                 request.stream_opened()
 
+        def _requestDone(self, streamID):
+            super()._requestDone(streamID)
+            if self.site is not None:
+                self.site.connections.request_done(self)  # a draining site closes it once idle
+
+        def connectionLost(self, reason, _cancelTimeouts=True):
+            if self.site is not None:
+                self.site.connections.discard(self)
+            super().connectionLost(reason, _cancelTimeouts)
+
 else:  # pragma: no cover - without the h2 package
     HeimdallH2Connection = None
 
@@ -246,16 +256,9 @@ class HeimdallChannelSwitch(http._GenericHTTPChannelProtocol):
         self._channel = channel
         channel.makeConnection(transport)
         network_producer.registerProducer(channel, True)
-        # It never had a request; its connection is counted until the end.
-        old.connectionLost = lambda reason: None
-        self._http1 = old
-
-    _http1 = None
-
-    def connectionLost(self, reason) -> None:
-        super().connectionLost(reason)
-        if self._http1 is not None:
-            self._http1.uncount()
+        old.connectionLost = lambda reason: None  # it never had a request
+        if site is not None:
+            site.connections.replace(old, channel)  # counted until the HTTP/2 connection is lost
 
 
 def switching_channel_factory(cleartext: bool = False):

@@ -42,6 +42,7 @@ from twisted.web.http import _ChunkedTransferDecoder, _MalformedChunkedDataError
 
 from heimdall.config.model import LimitsConfig, TimeoutsConfig
 from heimdall.proxy.body import RequestBody
+from heimdall.proxy.connections import ClientConnections
 
 __all__ = ["HeimdallChannel", "HeimdallRequest", "HeimdallSite", "RequestBody", "framing_problem"]
 
@@ -249,20 +250,19 @@ class HeimdallChannel(http.HTTPChannel):
         self.MAX_LENGTH = self.max_header_bytes
         self.totalHeadersSize = self.max_header_bytes + 4096
         super().connectionMade()
-        site.open_connections += 1
-        self._counted = True
         self._arm_header_timer()
+        site.connections.add(self)
 
-    _counted = False
+    def checkPersistence(self, request, version) -> bool:
+        # No keep-alive once the site drains (a graceful shutdown).
+        return super().checkPersistence(request, version) and not self.site.connections.draining
 
     def uncount(self) -> None:
         """
         This connection is no longer open (once; also for HTTP/2, whose
         connection takes over from this channel: L{proxy.h2}).
         """
-        if self._counted:
-            self._counted = False
-            self.site.open_connections -= 1
+        self.site.connections.discard(self)
 
     #: The tunnel this connection was handed over to (see L{hand_over}).
     tunnel = None
@@ -470,8 +470,12 @@ class HeimdallSite(server.Site):
     protocol = HeimdallChannel
     requestFactory = HeimdallRequest
     noisy = False
-    #: Client connections open now (HTTP/1.x and HTTP/2, tunnels included).
-    open_connections = 0
+    @property
+    def open_connections(self) -> int:
+        """
+        Client connections open now (HTTP/1.x and HTTP/2, tunnels included).
+        """
+        return len(self.connections)
 
     def __init__(
         self,
@@ -496,6 +500,8 @@ class HeimdallSite(server.Site):
         self.max_header_bytes = limits.max_header_bytes if max_header_bytes is None else max_header_bytes
         self.max_body_bytes = limits.max_body_bytes if max_body_bytes is None else max_body_bytes
         self.header_timeout = timeouts.client_header if header_timeout is None else header_timeout
+        #: The open client connections (a graceful shutdown drains them).
+        self.connections = ClientConnections()
 
     def log(self, request) -> None:
         pass
