@@ -205,9 +205,11 @@ def parse_endpoint(value: Union[int, str]) -> str:
     string.  A port number (1-65535) means C{tcp:PORT:interface=127.0.0.1}:
     heimdall listens on loopback unless told otherwise.
 
-    The check is syntactic (the reactor is not needed): the type, the
-    first field, must be one of L{ENDPOINT_TYPES}; C{tcp}, C{tcp6} and
-    C{ssl} need a port from 0 (any free port) to 65535, C{unix} a path.
+    The check is complete (without listening): the type, the first field,
+    must be one of L{ENDPOINT_TYPES}; C{tcp}, C{tcp6} and C{ssl} need a
+    port from 0 (any free port) to 65535, C{unix} a path; every other
+    argument must be one Twisted's parser takes, and an C{ssl} endpoint's
+    key and certificate files must exist and hold PEM (L{_check_fully}).
 
     @raise TypeError: for anything but a string or an integer.
     @raise ValueError: for an endpoint that cannot work.
@@ -236,7 +238,65 @@ def parse_endpoint(value: Union[int, str]) -> str:
     elif kind == "unix":
         if not _endpoint_argument(arguments, "address", kind, "unix:/run/heimdall.sock"):
             raise ValueError("a unix endpoint needs a socket path, like \"unix:/run/heimdall.sock\"")
+    _check_fully(kind, value, arguments)
     return value
+
+
+#: The address families a systemd endpoint may name (socket.AF_*).
+_SYSTEMD_DOMAINS = ("INET", "INET6", "UNIX")
+
+
+def _check_fully(kind: str, value: str, arguments: List[Tuple[Optional[str], str]]) -> None:
+    """
+    What Twisted would reject when heimdall starts, found now: the endpoint
+    is built by Twisted's own parser (which does not listen), after the
+    files an C{ssl} endpoint reads were checked, so that the error names
+    them.  A C{systemd} endpoint is checked here instead: Twisted's parser
+    looks its descriptor up at once, and it only exists under systemd.
+    """
+    if kind == "systemd":
+        _check_systemd(arguments)
+        return
+    if kind == "ssl":
+        _check_ssl_files(arguments)
+    from twisted.internet.endpoints import serverFromString
+
+    try:
+        # Only stored by the parser, never used: nothing listens.
+        serverFromString(object(), value)
+    except Exception as e:  # the parsers raise whatever their conversions raise
+        raise ValueError(f"not a usable {kind} endpoint: {e}") from None
+
+
+def _check_systemd(arguments: List[Tuple[Optional[str], str]]) -> None:
+    named = dict(arguments)
+    unknown = sorted(str(key) for key in named if key not in ("domain", "index", "name"))
+    if unknown or len(named) != len(arguments):
+        raise ValueError('a systemd endpoint takes domain= and index= or name=, like "systemd:domain=INET:index=0"')
+    if named.get("domain") not in _SYSTEMD_DOMAINS:
+        raise ValueError(f"a systemd endpoint's domain must be one of {', '.join(_SYSTEMD_DOMAINS)}")
+    if ("index" in named) == ("name" in named):
+        raise ValueError("a systemd endpoint needs exactly one of index= and name=")
+    index = named.get("index", "0")
+    if not (index.isdigit() and index.isascii()):
+        raise ValueError(f"a systemd endpoint's index must be a number, not {index!r}")
+
+
+def _check_ssl_files(arguments: List[Tuple[Optional[str], str]]) -> None:
+    # Twisted's defaults: privateKey=server.pem, certKey=the key's file.
+    from heimdall.tls.certificates import load_key, load_pem_certificates
+
+    named = {key: value for key, value in arguments if key is not None}
+    key_path = named.get("privateKey", "server.pem")
+    cert_path = named.get("certKey") or key_path
+    try:
+        load_pem_certificates(cert_path, "certKey")
+        load_key(key_path, "privateKey")
+    except ConfigError as e:
+        raise ValueError(
+            f"ssl {e.path}: {e.problem} (an ssl endpoint needs privateKey= and certKey= PEM files; "
+            "the tls section is the other way to serve TLS)"
+        ) from None
 
 
 # --- Validators and converters ---------------------------------------------

@@ -184,8 +184,11 @@ def suggestion(word: object, candidates: Iterable[str]) -> str:
 
 def join(path: str, child: str) -> str:
     """
-    C{join("a", "b") == "a.b"}, C{join("a", "[0]") == "a[0]"}, C{join("", "b") == "b"}.
+    C{join("a", "b") == "a.b"}, C{join("a", "[0]") == "a[0]"}, C{join("", "b") == "b"};
+    an empty key is named C{[""]}, so that an error about it still has a path.
     """
+    if not child:
+        child = '[""]'
     if not path:
         return child
     return f"{path}{child}" if child.startswith("[") else f"{path}.{child}"

@@ -39,12 +39,9 @@ TLS_VERSIONS = ("1.2", "1.3")
 def _listen(value) -> Optional[str]:
     if value is None:
         return None
-    problem = endpoint(value)
-    if problem is not None:
-        return problem
-    if endpoint_fields(value)[0][1] == "ssl":
+    if isinstance(value, str) and endpoint_fields(value)[0][1] == "ssl":
         return 'must be a plain endpoint like "tcp:8443:interface=0.0.0.0": heimdall does the TLS itself'
-    return None
+    return endpoint(value)
 
 
 @attrs.frozen

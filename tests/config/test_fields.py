@@ -98,7 +98,6 @@ def test_parse_size_invalid(value):
         ("tcp:8080:interface=0.0.0.0", "tcp:8080:interface=0.0.0.0"),
         ("tcp:port=8080:interface=127.0.0.1", "tcp:port=8080:interface=127.0.0.1"),
         ("tcp6:8080:interface=\\:\\:1", "tcp6:8080:interface=\\:\\:1"),
-        ("ssl:8443:privateKey=key.pem:certKey=cert.pem", "ssl:8443:privateKey=key.pem:certKey=cert.pem"),
         ("unix:/run/heimdall.sock:mode=660", "unix:/run/heimdall.sock:mode=660"),
         ("unix:address=/run/heimdall.sock", "unix:address=/run/heimdall.sock"),
         ("systemd:domain=INET:index=0", "systemd:domain=INET:index=0"),
