@@ -152,3 +152,18 @@ class NotAuthenticated(ManagerError):
     """
     A manager request lacks the bearer token or carries a wrong one.
     """
+
+
+class ConfigRejected(ManagerError):
+    """
+    A reload found the config file invalid (C{detail} names the field path
+    and the problem) or could not apply it (a port that cannot be bound);
+    the running config stays.
+    """
+
+
+class ReloadUnavailable(ManagerError):
+    """
+    heimdall was not started from a config file (embedded), so there is
+    nothing to reload.
+    """

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import attrs
 from twisted.application import service
@@ -26,9 +26,9 @@ from twisted.logger import Logger
 
 from heimdall.clock import maybe_global_reactor
 from heimdall.config.model import Config, ManagerConfig
-from heimdall.config.services import DEFAULT_SERVICE, ServiceConfig
+from heimdall.config.services import DEFAULT_SERVICE, ServiceConfig, service_configs
 from heimdall.lifecycle.shutdown import GracefulShutdown
-from heimdall.lifecycle.signals import ProcessSignals, ignore_hangup
+from heimdall.lifecycle.signals import ProcessSignals
 from heimdall.manager.auth import check_exposure, resolve_token
 from heimdall.manager.events import event_streams
 from heimdall.manager.readiness import HttpReadyCheck
@@ -37,6 +37,9 @@ from heimdall.manager.services import ServiceManagers, service_state_path
 from heimdall.manager.site import ManagerResource, ManagerSite
 from heimdall.manager.spawner import ServerSpawner
 from heimdall.manager.statefile import State, StateWriter, load_state, run_in_reactor_threads
+from heimdall.reload.apply import BuiltService, Reloader, ServiceFactory
+from heimdall.reload.listeners import Listener, where
+from heimdall.reload.source import ConfigFile, LoadedConfig
 from heimdall.manager.supervisor import RestartPolicy
 from heimdall.observe.accesslog import AccessLog
 from heimdall.observe.logging import install_on_application, reopen_log_files
@@ -49,7 +52,7 @@ from heimdall.proxy.resource import BalancerResource
 from heimdall.proxy.site import HeimdallSite
 from heimdall.proxy.upstream import UpstreamPool
 from heimdall.routing.router import Router, Routing
-from heimdall.routing.services import Service, build_services
+from heimdall.routing.services import Service, build_service, build_services
 from heimdall.routing.table import RouteTable
 from heimdall.tls.client import BackendTls, load_backend_tls
 from heimdall.tls.server import ServerTls, alpn_protocols
@@ -235,12 +238,14 @@ def build_manager(
 
 
 def build_managers(
-    config: Config, proxy: Proxy, spawner: ServerSpawner, reactor: Any, preflight_result: Preflight
+    config: Config, proxy: Proxy, spawner: ServerSpawner, reactor: Any, preflight_result: Preflight,
+    routes: Optional[Callable[[], Any]] = None,
 ) -> Tuple[ServiceManagers, Dict[str, Any]]:
     """
     Every service's server manager, each loaded with config.json's
     backends and its state file's changes (its strategy applied), and the
     managed servers each must start (spawned when heimdall starts).
+    C{routes} gives the routes in effect (C{config}'s by default).
     """
     managers = ServiceManagers(
         {
@@ -250,7 +255,7 @@ def build_managers(
             )
             for name, service_ in proxy.services.items()
         },
-        routes=lambda: config.routes,
+        routes=routes or (lambda: config.routes),
     )
     states = preflight_result.states
     to_restore = {name: manager.load(states.get(name)) for name, manager in managers.managers.items()}
@@ -261,10 +266,11 @@ def build_managers(
 
 def build_metrics(
     config: Config, proxy: Proxy, spawner: ServerSpawner, manager: ServerManager, tls: Optional[ServerTls] = None
-) -> Tuple[Metrics, Callable[[], None]]:
+) -> Tuple[Metrics, Callable[[], None], Callable[[Service], Callable[[], None]]]:
     """
-    Prometheus metrics over every part, and the function that detaches
-    them.
+    Prometheus metrics over every part, the function that detaches them,
+    and the one that attaches a service but C{default} (at start-up and
+    when a reload adds one), returning what detaches it.
     """
     # The server manager holds the strategy name, changed at runtime too.
     metrics = Metrics(strategy_name=lambda: manager.strategy_name)
@@ -279,34 +285,73 @@ def build_metrics(
         health=default.health.prober,
         router=proxy.router,
     )
-    for name, service in proxy.services.items():
-        if name != DEFAULT_SERVICE:
-            metrics.attach_service(name, service.pool, service.resource, service.upstream, service.health.prober)
     # Protocols, TLS and tunnels: every request of every service, and those
     # heimdall answered itself (the router's).
-    resources = [proxy.router] + [service.resource for service in proxy.services.values()]
+    resources = [proxy.router, default.resource]
     edge = EdgeMetrics(metrics.registry, tls=tls, tunnels=[getattr(r, "tunnels", None) for r in resources])
     detach_edge = edge.attach(resources)
+
+    def attach_service(service: Service) -> Callable[[], None]:
+        undo: List[Callable[[], None]] = [metrics.attach_service(
+            service.name, service.pool, service.resource, service.upstream, service.health.prober
+        )]
+        observe_requests(service.resource, edge.observe_request, undo)
+        edge.tunnels.append(service.resource.tunnels)
+        undo.append(lambda: edge.tunnels.remove(service.resource.tunnels))
+        return lambda: undo_all(undo)
 
     def detach_all() -> None:
         detach_edge()
         detach()
 
-    return metrics, detach_all
+    return metrics, detach_all, attach_service
 
 
-def build_live(proxy: Proxy, reactor: Any, started_at: float) -> Tuple[LiveFeed, Callable[[], None]]:
+def build_service_factory(
+    heimdall: "HeimdallService", attach_metrics: Callable[[Service], Callable[[], None]]
+) -> ServiceFactory:
     """
-    The live feed (C{GET /events}, the dashboard) over every service, and
-    the function that detaches it from the requests.
+    How a reload builds and starts a service, as start-up does: its parts
+    (L{build_service}), its manager loaded with its state file, its health
+    checks under C{heimdall} and its metrics.
+    """
+    reactor, proxy = heimdall.reactor, heimdall.proxy
+
+    def build(config: Config, name: str, checking: bool, tls: Optional[BackendTls]) -> BuiltService:
+        settings = service_configs(config)[name]
+        service_ = build_service(name, settings, config, reactor, proxy.access_log, tls)
+        path = service_state_path(heimdall.preflight_result.state_path, name)
+        manager = build_manager(config, settings, service_.pool, heimdall.spawner, reactor, path)
+        state = load_state(path)
+        return BuiltService(service_, manager, manager.load(state, checking), state)
+
+    def start(service_: Service, manager: ServerManager) -> Callable[[], Any]:
+        service_.health.setServiceParent(heimdall)
+        detach = attach_metrics(service_)
+
+        def stop():
+            detach()
+            return service_.health.disownServiceParent()
+
+        return stop
+
+    return ServiceFactory(build, start)
+
+
+def build_live(
+    proxy: Proxy, reactor: Any, started_at: float, generation: Callable[[], int] = lambda: 1
+) -> Tuple[LiveFeed, Callable[[], None]]:
+    """
+    The live feed (C{GET /events}, the dashboard) over every service at
+    start, and the function that detaches it from the requests.
+    C{generation}: the config's (L{heimdall.reload.apply.Reloader}).
     """
     sites = [site for site in (proxy.site, proxy.tls_site) if site is not None]
     live = LiveFeed(
         reactor,
         {name: service_.pool for name, service_ in proxy.services.items()},
         open_connections=lambda: sum(site.open_connections for site in sites),
-        # The config generation: 1 until reloading counts them.
-        generation=lambda: 1,
+        generation=generation,
         started_at=started_at,
     )
     undo: list = []
@@ -318,27 +363,18 @@ def build_live(proxy: Proxy, reactor: Any, started_at: float) -> Tuple[LiveFeed,
 
 
 def build_manager_site(
-    managers: ServiceManagers, token: Optional[str], metrics: Metrics, reactor: Any, live: Optional[LiveFeed] = None
+    managers: ServiceManagers, token: Optional[str], metrics: Metrics, reactor: Any, live: Optional[LiveFeed] = None,
+    reloader: Any = None,
 ) -> Tuple[ManagerResource, ManagerSite]:
     """
     The manager API over every service's manager, with the metrics at
-    C{/metrics} and the live feed at C{/events}.
+    C{/metrics}, the live feed at C{/events} and C{POST /reload}.
     """
     resource = ManagerResource(
         managers.default, token=token, metrics=exposition(metrics.registry), services=managers,
-        events=event_streams(live) if live is not None else None,
+        events=event_streams(live) if live is not None else None, reloader=reloader,
     )
     return resource, ManagerSite(resource, reactor=reactor)
-
-
-def _where(port) -> str:
-    """
-    A listening port's address for the log: host:port, or a UNIX socket's path.
-    """
-    address = port.getHost()
-    if not hasattr(address, "host"):
-        return str(getattr(address, "name", "?"))
-    return f"{address.host}:{getattr(address, 'port', '?')}"
 
 
 # --- The service ------------------------------------------------------------------
@@ -359,6 +395,8 @@ class HeimdallService(service.MultiService):
         reactor: Any = None,
         preflight_result: Optional[Preflight] = None,
         exit_on_failure: bool = False,
+        config_file: Optional[ConfigFile] = None,
+        loaded: Optional[LoadedConfig] = None,
     ) -> None:
         """
         @param preflight_result: the result of L{preflight}, when the
@@ -366,10 +404,12 @@ class HeimdallService(service.MultiService):
             starting); else it runs here and its errors propagate.
         @param exit_on_failure: a failed start ends the process with
             status 1 (twistd); else it stops the reactor if it runs.
+        @param config_file: the file C{config} was read from, which SIGHUP
+            and C{POST /reload} read again; None: no reload.
+        @param loaded: C{config} as read from C{config_file} (its hash).
         """
         super().__init__()
         reactor = maybe_global_reactor(reactor)
-        self.config = config
         self.reactor = reactor
         self.preflight_result = preflight_result if preflight_result is not None else preflight(config)
         self.exit_on_failure = exit_on_failure
@@ -389,28 +429,63 @@ class HeimdallService(service.MultiService):
         self.tls = self.preflight_result.tls
         if self.tls is None and config.tls.enabled:
             self.tls = ServerTls(config.tls)
-        # Active checks, outlier detection and alerts of every service.
-        for service_ in self.proxy.services.values():
-            service_.health.setServiceParent(self)
         self.spawner = build_spawner(config.manager, reactor)
         # config.json's backends with the state files' changes, at once;
         # managed servers are spawned when the service starts.
-        self.managers, self._to_restore = build_managers(config, proxy, self.spawner, reactor, self.preflight_result)
-        self.manager = self.managers.default
-        self.metrics, self._detach_metrics = build_metrics(config, proxy, self.spawner, self.manager, self.tls)
-        self.live, self._detach_live = build_live(proxy, reactor, self.manager.started_at)
-        self.manager_resource, self.manager_site = build_manager_site(
-            self.managers, self.preflight_result.token, self.metrics, reactor, self.live
+        self.managers, self._to_restore = build_managers(
+            config, proxy, self.spawner, reactor, self.preflight_result, routes=lambda: self.config.routes
         )
-        self.port = None
-        self.tls_port = None
+        self.manager = self.managers.default
+        self.metrics, self._detach_metrics, attach_metrics = build_metrics(
+            config, proxy, self.spawner, self.manager, self.tls
+        )
+        factory = build_service_factory(self, attach_metrics)
+        # Active checks, outlier detection, alerts and metrics of every service.
+        proxy.default.health.setServiceParent(self)
+        stops = {
+            name: factory.start(service_, self.managers.get(name))
+            for name, service_ in proxy.services.items() if name != DEFAULT_SERVICE
+        }
+        self.listeners: Dict[str, Listener] = {"listen": Listener(reactor, self.site, config.listen, "proxy")}
+        if self.tls is not None:
+            self.listeners["tls.listen"] = Listener(reactor, self.tls.wrap(self.tls_site), config.tls.listen, "TLS")
+        self.reloader = Reloader(
+            loaded if loaded is not None else LoadedConfig(config, loaded_at=reactor.seconds()),
+            config_file, proxy, self.managers, factory, reactor, stops=stops, tls=self.tls, listeners=self.listeners,
+        )
+        self.live, self._detach_live = build_live(
+            proxy, reactor, self.manager.started_at, generation=lambda: self.reloader.generation
+        )
+        self.manager_resource, self.manager_site = build_manager_site(
+            self.managers, self.preflight_result.token, self.metrics, reactor, self.live, self.reloader
+        )
         self.manager_port = None
         self.ready: defer.Deferred = defer.Deferred()
         self.shutdown = GracefulShutdown(reactor, config.timeouts.shutdown_grace)
         #: SIGHUP, SIGUSR1, SIGTERM and SIGINT (heimdall.lifecycle.signals).
         self.signals = ProcessSignals(
-            reactor, on_hangup=ignore_hangup, on_reopen_logs=self.reopen_logs, on_second_stop=self.shutdown.cut_short
+            reactor, on_hangup=self.reloader.hangup, on_reopen_logs=self.reopen_logs,
+            on_second_stop=self.shutdown.cut_short,
         )
+
+    @property
+    def config(self) -> Config:
+        """
+        The config in effect: the last one loaded.
+        """
+        return self.reloader.config
+
+    @property
+    def port(self):
+        """
+        The proxy's listening port (a reload may move it).
+        """
+        return self.listeners["listen"].port
+
+    @property
+    def tls_port(self):
+        listener = self.listeners.get("tls.listen")
+        return listener.port if listener is not None else None
 
     def setServiceParent(self, parent):
         result = super().setServiceParent(parent)
@@ -432,8 +507,7 @@ class HeimdallService(service.MultiService):
         self.signals.install()
         super().startService()
         self.live.start()
-        endpoint = serverFromString(self.reactor, self.config.listen)
-        d = endpoint.listen(self.site)
+        d = self.listeners["listen"].listen()
         d.addCallback(self._listening)
         d.addCallback(lambda _: self._listen_tls())
         d.addCallback(lambda _: serverFromString(self.reactor, self.config.manager.listen).listen(self.manager_site))
@@ -442,25 +516,22 @@ class HeimdallService(service.MultiService):
         d.addCallbacks(self.ready.callback, self._start_failed)
 
     def _listening(self, port) -> None:
-        self.port = port
         _log.info(
             "heimdall proxy listening on {where} with strategy {strategy}",
-            where=_where(port),
+            where=where(port),
             strategy=self.config.strategy.name,
         )
 
     def _listen_tls(self):
         if self.tls is None:
             return None
-        endpoint = serverFromString(self.reactor, self.config.tls.listen)
-        d = endpoint.listen(self.tls.wrap(self.tls_site))
+        d = self.listeners["tls.listen"].listen()
 
         def listening(port) -> None:
-            self.tls_port = port
             protocols = ", ".join(p.decode() for p in alpn_protocols(self.config.tls.http2))
             names = "; ".join(",".join(c.names) or c.cert_path for c in self.tls.certificates)
             _log.info("heimdall TLS listening on {where} ({protocols}; {names})",
-                      where=_where(port), protocols=protocols, names=names)  # fmt: skip
+                      where=where(port), protocols=protocols, names=names)  # fmt: skip
 
         return d.addCallback(listening)
 
@@ -468,7 +539,7 @@ class HeimdallService(service.MultiService):
         self.manager_port = port
         _log.info(
             "heimdall manager listening on {where}{auth}",
-            where=_where(port),
+            where=where(port),
             auth=" (bearer token required)" if self.preflight_result.token is not None else "",
         )
 
@@ -506,11 +577,13 @@ class HeimdallService(service.MultiService):
 
     @defer.inlineCallbacks
     def stopService(self):
+        self.reloader.stop()
         # First the graceful part: no new connection, requests in flight
         # finish within timeouts.shutdown_grace (heimdall.lifecycle.shutdown).
         sites = [site for site in (self.site, self.tls_site) if site is not None]
-        yield self.shutdown.drain([self.port, self.tls_port], [site.connections for site in sites])
-        self.port = self.tls_port = None
+        for listener in self.listeners.values():
+            yield listener.stop()
+        yield self.shutdown.drain([], [site.connections for site in sites])
         self._detach_metrics()
         self._detach_live()
         yield defer.maybeDeferred(super().stopService)
@@ -521,6 +594,8 @@ class HeimdallService(service.MultiService):
         # No change is accepted from here on, supervision ends (no
         # restart races the stop below) and pending state writes land.
         yield self.managers.stop()
+        for stop in self.reloader.stops.values():
+            yield defer.maybeDeferred(stop)
         for service_ in self.proxy.services.values():
             yield service_.upstream.close_all()
         yield self.spawner.stopService()

@@ -4,11 +4,13 @@ C{twistd heimdall}: command-line options and the service maker.
 
 from __future__ import annotations
 
+import time
+
 from twisted.python import usage
 
-from heimdall.config.model import load_config
 from heimdall.errors import ConfigError
 from heimdall.manager.statefile import StateFileError
+from heimdall.reload.source import ConfigFile
 
 
 class Options(usage.Options):
@@ -25,11 +27,10 @@ class Options(usage.Options):
     ]
 
     def postOptions(self) -> None:
+        config_file = ConfigFile(self["config"], listen=self["listen"], manager_listen=self["manager-listen"])
         try:
-            config = load_config(self["config"])
-            config = config.with_overrides(
-                listen=self["listen"], manager_listen=self["manager-listen"]
-            )
+            loaded = config_file.load(time.time)
+            config = loaded.config
         except ConfigError as e:
             # twistd prints this and exits non-zero: heimdall refuses to start.
             raise usage.UsageError(f"invalid configuration: {e}") from None
@@ -48,6 +49,9 @@ class Options(usage.Options):
             raise usage.UsageError(f"cannot start: {e}") from None
         self.heimdall_config = config
         self.heimdall_preflight = preflight_result
+        # Read again on SIGHUP and POST /reload, with the same overrides.
+        self.heimdall_config_file = config_file
+        self.heimdall_loaded = loaded
 
 
 def makeService(options: Options):
@@ -57,4 +61,6 @@ def makeService(options: Options):
         options.heimdall_config,
         preflight_result=getattr(options, "heimdall_preflight", None),
         exit_on_failure=True,
+        config_file=getattr(options, "heimdall_config_file", None),
+        loaded=getattr(options, "heimdall_loaded", None),
     )

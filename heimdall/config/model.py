@@ -96,6 +96,7 @@ __all__ = [
     "UpstreamConfig",
     "check_backends",
     "check_retry_on",
+    "config_from_bytes",
     "load_config",
     "parse_backends",
     "parse_config",
@@ -103,6 +104,7 @@ __all__ = [
     "parse_endpoint",
     "parse_size",
     "parse_strategy",
+    "read_config_bytes",
     "strategy_from_name",
 ]
 
@@ -642,16 +644,32 @@ def load_config(path: str) -> Config:
     the file's (with the line and column for JSON); a problem in a field
     names the field only, and callers that report it add the file's name.
     """
+    return config_from_bytes(read_config_bytes(path), path)
+
+
+def read_config_bytes(path: str) -> bytes:
+    """
+    The config file's bytes; L{ConfigError} naming the file if it cannot be read.
+    """
     try:
-        # utf-8-sig: tolerate the byte order mark some editors write.
-        with open(path, encoding="utf-8-sig") as config_file:
-            text = config_file.read()
+        with open(path, "rb") as config_file:
+            return config_file.read()
     except OSError as e:
         raise ConfigError(path, f"cannot read the file: {e.strerror or e}") from None
+
+
+def config_from_bytes(data: bytes, path: str) -> Config:
+    """
+    The config file's content C{data} (read from C{path}), parsed and
+    validated as L{load_config} does (a reload hashes the same bytes).
+    """
+    try:
+        # utf-8-sig: tolerate the byte order mark some editors write.
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise ConfigError(path, f"not valid UTF-8 (at byte {e.start})") from None
     try:
-        data = loads(text)
+        parsed = loads(text)
     except json.JSONDecodeError as e:
         raise ConfigError(path, f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
-    return parse_config(data, source=path)
+    return parse_config(parsed, source=path)

@@ -268,6 +268,21 @@ class HealthProber:
         for probe in probes.values():
             probe.stop()
 
+    def reconfigure(self, config: HealthConfig) -> None:
+        """
+        Check with C{config} from now on (a reload): every member's checks
+        start again at once with its new settings; the pool keeps each
+        member's health.
+        """
+        self.config = config
+        if not self.running:
+            return
+        probes, self._probes = self._probes, {}
+        for probe in probes.values():
+            probe.stop()
+        for member in self.pool.members():
+            self._watch(member, runtime_addition=False)
+
     def settings_for(self, backend_id: str) -> CheckSettings:
         return self.config.for_backend(backend_id)
 

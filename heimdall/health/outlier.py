@@ -110,6 +110,19 @@ class OutlierDetector:
                 state.timer.cancel()
             state.timer = None
 
+    def reconfigure(self, config: OutlierConfig, running: bool) -> None:
+        """
+        Use C{config} from now on (a reload); C{running}: whether its
+        health service runs.  Ejections in force end as they were scheduled.
+        """
+        self.config = config
+        if not config.enabled:
+            for unsubscribe in self._unsubscribe:
+                unsubscribe()
+            self._unsubscribe = []
+        elif running:
+            self.start()
+
     def ejection_time(self, backend_id: str) -> float:
         """
         How long the next ejection of C{backend_id} would last if it

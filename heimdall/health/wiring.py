@@ -76,6 +76,17 @@ class HealthService(Service):
         self.detector.start()
         self.prober.start()
 
+    def reconfigure(self, health: HealthConfig) -> None:
+        """
+        The service's C{health} section changed (a reload): checks,
+        outlier detection and the pool's panic mode follow; each member
+        keeps its state.
+        """
+        self.health_config = health
+        self.prober.reconfigure(health)
+        self.detector.reconfigure(health.outlier, running=self.running)
+        self.pool.panic_mode = health.pool.panic_mode
+
     def stopService(self) -> defer.Deferred:
         super().stopService()
         self.prober.stop()

@@ -28,12 +28,14 @@ from heimdall import __version__
 from heimdall.config import reader
 from heimdall.errors import (
     AmbiguousServer,
+    ConfigRejected,
     HeimdallError,
     InvalidChange,
     ManagerError,
     ManagerStopping,
     NoSpawnPort,
     NotAuthenticated,
+    ReloadUnavailable,
     ServerConflict,
     ServerDidNotStart,
     ServerNotFound,
@@ -127,6 +129,8 @@ _STATUSES: Tuple[Tuple[type, int], ...] = (
     (ServiceNotFound, 404),
     (AmbiguousServer, 400),
     (InvalidChange, 400),
+    (ConfigRejected, 400),
+    (ReloadUnavailable, 409),
     (ServerConflict, 409),
     (ServerDidNotStart, 502),
     (NoSpawnPort, 503),
@@ -206,7 +210,8 @@ class Route:
 
 ROUTES: Tuple[Route, ...] = (
     Route("/", ("GET",), "index", ("this help",)),
-    Route("/status", ("GET",), "status", ("version, uptime, strategy and counts",)),
+    Route("/status", ("GET",), "status", ("version, uptime, strategy, counts and the loaded config",)),
+    Route("/reload", ("POST",), "reload", ("re-read the config file and apply what changed (SIGHUP does the same)",)),
     Route("/openapi.json", ("GET",), "openapi", ("the OpenAPI 3.1 description of this API",)),
     Route("/metrics", ("GET",), "metrics", ("Prometheus metrics (text exposition, or OpenMetrics on request)",)),
     Route(
@@ -420,6 +425,9 @@ class ManagerApi:
     #: Starts C{GET /events} on a request (L{heimdall.manager.events.event_streams});
     #: without it, 404.
     events: Optional[Callable[[Any], Any]] = None
+    #: Reloads the config file (L{heimdall.reload.apply.Reloader}: C{reload(actor)},
+    #: C{status()}); None: C{POST /reload} answers 409.
+    reloader: Optional[Any] = None
 
     def __attrs_post_init__(self) -> None:
         if self.services is None:
@@ -448,7 +456,15 @@ class ManagerApi:
         if handler == "index":
             return Answer(200, self._index())
         if handler == "status":
-            return Answer(200, manager.status())
+            status = manager.status()
+            if self.reloader is not None:
+                status["config"] = self.reloader.status()
+            return Answer(200, status)
+        if handler == "reload":
+            _json_object(body, False, ())
+            if self.reloader is None:
+                raise ReloadUnavailable("heimdall was not started from a config file", None)
+            return Answer(200, await self.reloader.reload(actor))
         if handler == "openapi":
             return Answer(200, openapi_document())
         if handler == "metrics":

@@ -37,7 +37,8 @@ from heimdall.errors import (
 from heimdall.manager.deferreds import observe
 from heimdall.manager.draining import wait_drained
 from heimdall.manager.spawner import NoFreePort, PortInUse, SpawnedServer, SpawnError, is_port_free
-from heimdall.manager.statefile import ConfigChange, ServerRecord, State, StateWriter
+from heimdall.manager.overlay import MemberSpec, overlay, snapshot_state
+from heimdall.manager.statefile import ServerRecord, State, StateWriter
 from heimdall.manager.supervisor import RestartPolicy, SupervisionEvent, Supervisor
 from heimdall.pool.pool import AdminState, Backend, BackendPool, Health, Member, is_eligible
 
@@ -135,6 +136,9 @@ class ServerManager:
     # Ports promised to servers that are being started or restored.
     _reserved: Set[int] = attrs.field(init=False, factory=set)
     _waits: Set[Deferred] = attrs.field(init=False, factory=set)
+    #: Ids a reload removes once its new members had their first check:
+    #: already out of the state file (L{snapshot}).
+    leaving: Set[str] = attrs.field(init=False, factory=set)
     _stopping: bool = attrs.field(init=False, default=False)
 
     def __attrs_post_init__(self) -> None:
@@ -150,47 +154,37 @@ class ServerManager:
 
     # -- start-up --------------------------------------------------------------
 
-    def load(self, state: Optional[State]) -> List[ServerRecord]:
+    def load(self, state: Optional[State], checking: bool = False) -> List[ServerRecord]:
         """
         Fill the pool from config.json's backends and the state file's
-        changes, additions and removals.  Returns the managed servers to
-        start with L{start_managed}; their ports are reserved meanwhile.
+        changes, additions and removals (L{overlay}).  Returns the managed
+        servers to start with L{start_managed}; their ports are reserved
+        meanwhile.  C{checking}: see L{add_member}.
         """
-        removed = set(state.config_removed) if state is not None else set()
-        for entry in self.config_backends:
-            backend, backup, admin = entry.backend, entry.backup, AdminState.READY
-            if backend.id in removed:
-                _log.info("config backend {id} stays removed (removed through the manager)", id=backend.id)
-                continue
-            change = state.change_for(backend.id) if state is not None else None
-            if change is not None:
-                if change.weight is not None:
-                    backend = attrs.evolve(backend, weight=change.weight)
-                if change.admin is not None:
-                    admin = AdminState(change.admin)
-                if change.backup is not None:
-                    backup = change.backup
-            self.pool.add(backend, admin, backup, entry.max_connections)
-            self._servers[backend.id] = ServerInfo(
-                backend.id, backend.port, from_config=True, backup=backup, started_at=self.clock.seconds()
-            )
-        if state is None:
-            return []
-        for stale in set(removed) - set(self._config_ids):
-            _log.info("state file: config backend {id} is no longer in the config; ignored", id=stale)
-        to_start = []
-        for record in state.servers:
-            if record.id in self._servers or record.id in self._config_ids:
-                _log.info("state file: {id} is in the config now; the config's entry is used", id=record.id)
-                continue
-            if record.managed:
-                to_start.append(record)
-                self._reserved.add(record.port)
-                continue
-            self.pool.add(record.backend, AdminState(record.admin), record.backup)
-            self._servers[record.id] = ServerInfo(record.id, record.port, backup=record.backup,
-                                                  started_at=self.clock.seconds())
-        return to_start
+        layered = overlay(self.config_backends, state)
+        for spec in layered.members:
+            self.add_member(spec, checking)
+        self._reserved.update(record.port for record in layered.to_start)
+        return list(layered.to_start)
+
+    def add_member(self, spec: MemberSpec, checking: bool = False) -> None:
+        """
+        Add C{spec} to the pool (at start-up and on reload); with
+        C{checking}, it gets no request before its first active check.
+        """
+        self.pool.add(spec.backend, spec.admin, spec.backup, spec.max_connections, checking=checking)
+        self._servers[spec.id] = ServerInfo(spec.id, spec.backend.port, from_config=spec.from_config,
+                                            backup=spec.backup, started_at=self.clock.seconds())
+
+    def set_config_backends(self, backends: Sequence[Any]) -> None:
+        """
+        config.json's backends are now C{backends} (a reload): the state
+        file records changes against them from now on.
+        """
+        self.config_backends = tuple(backends)
+        self._config_ids = {entry.backend.id: entry for entry in self.config_backends}
+        for server_id, info in list(self._servers.items()):
+            self._servers[server_id] = attrs.evolve(info, from_config=server_id in self._config_ids)
 
     async def start_managed(self, records: Sequence[ServerRecord]) -> None:
         """
@@ -415,9 +409,11 @@ class ServerManager:
         weight: Optional[int] = None,
         admin: Optional[AdminState] = None,
         backup: Optional[bool] = None,
+        max_connections: Optional[int] = None,
     ) -> Dict[str, Any]:
         """
-        Change a server's weight, admin state or backup flag, and persist.
+        Change a server's weight, admin state, backup flag or connection
+        limit, and persist.
         """
         self._check_running()
         if server_id in self._removing:
@@ -426,8 +422,8 @@ class ServerManager:
         if member is None:
             raise ServerNotFound(f"no server with id {server_id}", {"id": server_id})
         changes = []
-        if weight is not None and weight != member.weight:
-            changes.append(f"weight {member.weight} -> {weight}")
+        if weight is not None and weight != member.backend.weight:
+            changes.append(f"weight {member.backend.weight} -> {weight}")
             self.pool.set_weight(server_id, weight)
         if admin is not None and admin is not member.admin:
             changes.append(f"admin {member.admin.value} -> {admin.value}")
@@ -437,6 +433,9 @@ class ServerManager:
             changes.append(f"backup {info.backup} -> {backup}")
             self._servers[server_id] = attrs.evolve(info, backup=backup)
             self.pool.set_backup(server_id, backup)
+        if max_connections is not None and max_connections != member.max_connections:
+            changes.append(f"max_connections {member.max_connections} -> {max_connections}")
+            self.pool.set_max_connections(server_id, max_connections)
         self.log_change("updated", server_id, actor, ", ".join(changes) or "no change")
         await self.persist()
         return self.describe(server_id)
@@ -465,6 +464,13 @@ class ServerManager:
 
                 removal.addBoth(done)
         return observe(removal)
+
+    def removal(self, server_id: str) -> Optional[Deferred]:
+        """
+        The removal of C{server_id} in progress (its result, observed), if any.
+        """
+        removal = self._removing.get(server_id)
+        return observe(removal) if removal is not None else None
 
     async def _remove(self, actor: Actor, server_id: str) -> Dict[str, Any]:
         member = self.pool.get(server_id)
@@ -613,36 +619,12 @@ class ServerManager:
 
     def snapshot(self) -> State:
         """
-        The state file's content for the pool as it is now.
+        The state file's content for the pool as it is now; a server being
+        removed (or L{leaving}) is left out: it is on its way out.
         """
-        servers: List[ServerRecord] = []
-        changes: List[ConfigChange] = []
-        present = set()
-        for member in self.pool.members():
-            info = self._info(member)
-            present.add(member.id)
-            config_entry = self._config_ids.get(member.id)
-            if config_entry is not None and not info.managed:
-                change = ConfigChange(
-                    member.id,
-                    weight=member.weight if member.weight != config_entry.backend.weight else None,
-                    admin=member.admin.value if member.admin is not AdminState.READY else None,
-                    backup=info.backup if info.backup != config_entry.backup else None,
-                )
-                if not change.is_empty:
-                    changes.append(change)
-                continue
-            servers.append(
-                ServerRecord(
-                    url=member.backend.url,
-                    weight=member.weight,
-                    backup=info.backup,
-                    admin=member.admin.value,
-                    managed=info.managed,
-                )
-            )
-        removed = tuple(backend_id for backend_id in self._config_ids if backend_id not in present)
-        return State(tuple(servers), tuple(changes), removed, self.strategy_override)
+        members = [(m, self._info(m)) for m in self.pool.members()
+                   if m.id not in self._removing and m.id not in self.leaving]
+        return snapshot_state(members, self._config_ids, self.strategy_override)
 
     async def persist(self) -> None:
         """Save L{snapshot}; L{StateNotSaved} if that fails (the change stays applied)."""

@@ -71,6 +71,18 @@ class ServiceManagers:
     def default(self) -> ServerManager:
         return self.managers[DEFAULT_SERVICE]
 
+    def add(self, name: str, manager: ServerManager) -> None:
+        """
+        Service C{name} joins (a reload added it).
+        """
+        self.managers = {**self.managers, name: manager}
+
+    def discard(self, name: str) -> None:
+        """
+        Service C{name} leaves (a reload removed it): the API no longer finds it.
+        """
+        self.managers = {key: value for key, value in self.managers.items() if key != name}
+
     def describe(self) -> List[Dict[str, Any]]:
         """
         C{GET /services}: each service with its strategy, server counts and

@@ -40,15 +40,17 @@ class ManagerResource(Resource):
     @param metrics: renders C{GET /metrics} (see L{ManagerApi.metrics}).
     @param services: every service's manager (L{ManagerApi.services}).
     @param events: starts C{GET /events} on a request (L{ManagerApi.events}).
+    @param reloader: reloads the config (L{ManagerApi.reloader}).
     """
 
     isLeaf = True
 
     def __init__(
-        self, manager: ServerManager, token: Optional[str] = None, metrics=None, services=None, events=None
+        self, manager: ServerManager, token: Optional[str] = None, metrics=None, services=None, events=None,
+        reloader=None,
     ) -> None:
         super().__init__()
-        self.api = ManagerApi(manager, token, metrics, services, events)
+        self.api = ManagerApi(manager, token, metrics, services, events, reloader)
 
     def render(self, request: Any) -> Any:
         gone: List[bool] = []

@@ -224,7 +224,7 @@ class Metrics:
         self._pool = None
         # service name -> (pool, upstream), default first.
         self._services: Dict[str, Tuple[Any, Any]] = {}
-        self._queues: Dict[str, Any] = {}
+        self._queues: Dict[str, Any] = {}  # service name -> its resource
         self._spawner = None
         self._alert_dispatcher = None
         self._build_info = _build_info()
@@ -317,8 +317,8 @@ class Metrics:
         if health is not None:
             undo.append(health.subscribe_checks(lambda backend_id, result: self.observe_check(backend_id, result, name)))
         self._services[name] = (pool, upstream)
-        if getattr(resource, "queue", None) is not None:
-            self._queues[name] = resource.queue
+        if resource is not None:
+            self._queues[name] = resource  # its queue is read at scrape time: a reload may add one
 
         def detach() -> None:
             undo_all(undo)
@@ -469,7 +469,8 @@ class Metrics:
         yield from self._collect_upstream(members)
         yield from self._collect_spawner()
         yield from self._collect_misc(members)
-        yield from queue_families(self._queues)
+        queues = {name: getattr(resource, "queue", None) for name, resource in self._queues.items()}
+        yield from queue_families({name: queue for name, queue in queues.items() if queue is not None})
 
     def _labelled(self) -> List[Tuple[Tuple[str, str], _Stats]]:
         return sorted(self._stats.items())

@@ -115,6 +115,9 @@ class Member:
     backup: bool = False
     #: Requests in flight it may have at most (0: no limit).
     max_connections: int = 0
+    #: Added by a reload with health checks on: no traffic until its first
+    #: active check has a result (nginx's "checking" state).
+    checking: bool = False
     # The pool's clock, for the effective weight during slow start.
     _clock: Optional[IReactorTime] = attrs.field(default=None, repr=False)
 
@@ -174,6 +177,7 @@ class Member:
             "slow_start_window": self.slow_start_window,
             "backup": self.backup,
             "max_connections": self.max_connections,
+            "checking": self.checking,
             "in_flight": self.in_flight,
             "requests_total": self.requests_total,
             "failures_total": self.failures_total,
@@ -183,9 +187,10 @@ class Member:
 def is_eligible(member: Member, *, panic: bool = False) -> bool:
     """
     The one predicate that says whether C{member} may get new requests:
-    weight above 0, admin state ready, not removed, not known to be down
-    and not ejected.  A backend whose health is still unknown is eligible
-    (as in HAProxy, where a server starts UP): a fresh pool serves at once.
+    weight above 0, admin state ready, not removed, not known to be down,
+    not ejected and not waiting for its first check (L{Member.checking}).
+    A backend whose health is still unknown is otherwise eligible (as in
+    HAProxy, where a server starts UP): a fresh pool serves at once.
 
     With C{panic=True} (panic mode "route", when no member is eligible) the
     operational state (down, ejected) is ignored; admin state and weight
@@ -195,7 +200,7 @@ def is_eligible(member: Member, *, panic: bool = False) -> bool:
         return False
     if panic:
         return True
-    return member.health is not Health.DOWN and member.ejected_at is None
+    return member.health is not Health.DOWN and member.ejected_at is None and not member.checking
 
 
 @attrs.define(eq=False)
@@ -323,13 +328,18 @@ class BackendPool:
     # -- membership, weight, admin (config and manager) ---------------------
 
     def add(
-        self, backend: Backend, admin: AdminState = AdminState.READY, backup: bool = False, max_connections: int = 0
+        self, backend: Backend, admin: AdminState = AdminState.READY, backup: bool = False, max_connections: int = 0,
+        checking: bool = False,
     ) -> Member:
+        """
+        Add C{backend}.  With C{checking} it gets no request until its first
+        active check has a result (L{set_health} from unknown).
+        """
         if backend.id in self._members:
             raise KeyError(f"backend {backend.id} is already in the pool")
         member = Member(
             backend=backend, added_at=self.clock.seconds(), admin=admin, clock=self.clock, backup=backup,
-            max_connections=max_connections,
+            max_connections=max_connections, checking=checking,
         )
         self._members[backend.id] = member
         self._changed(PoolEvent(EventKind.ADDED, backend.id, self.clock.seconds(), backend.url))
@@ -385,7 +395,12 @@ class BackendPool:
         if member is None:
             return
         member.health_reason = reason
+        checked = member.checking and health is not Health.UNKNOWN
+        if checked:
+            member.checking = False
         if member.health is health:
+            if checked:
+                self._changed(None)
             return
         previous, member.health = member.health, health
         if previous is Health.DOWN and health is Health.UP:

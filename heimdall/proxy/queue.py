@@ -63,6 +63,13 @@ class RequestQueue:
         self._undo.append(self.pool.subscribe(lambda event: self.dispatch()))
         self._undo.append(self.pool.subscribe_outcomes(lambda member, outcome: self.dispatch()))
 
+    def resize(self, size: int, timeout: float) -> None:
+        """
+        New settings (a reload) for requests queued from now on; size 0
+        queues none (503 at once), and the waiting ones are still served.
+        """
+        self.size, self.timeout = size, timeout
+
     def __len__(self) -> int:
         return len(self._waiting)
 

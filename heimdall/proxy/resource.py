@@ -116,23 +116,18 @@ class BalancerResource(ReverseProxyResource):
         if upstream is None:
             upstream = UpstreamPool(reactor=reactor if reactor is not None else self.clock)
         self.upstream = upstream
-        self.retries = retries
-        # Opt-in retries of answered requests, for idempotent methods only:
-        # "5xx" (a 5xx response head) and "timeout" (no head in time).
-        unknown = set(retry_on) - set(RETRY_ON_CHOICES)
-        if unknown:
-            raise ValueError(f"unknown retry_on value(s): {', '.join(sorted(unknown))}")
-        self.retry_on = frozenset(retry_on)
+        # Opt-in retries of answered requests (retry_on), for idempotent
+        # methods only: "5xx" (a 5xx response head) and "timeout" (no head
+        # in time).  Upgrade tunnels (WebSocket) close after tunnel_idle
+        # without a byte either way.
+        self.configure(
+            retries=retries, retry_on=retry_on, response_timeout=response_timeout, tunnel_idle=tunnel_idle,
+            max_body_bytes=max_body_bytes, trusted_proxies=trusted_proxies,
+        )
         # Limits retries to a share of live requests during an outage (see
         # heimdall.proxy.retry_budget); None: only `retries` limits them.
         self.retry_budget = retry_budget
-        self.response_timeout = response_timeout
-        # Upgrade tunnels (WebSocket): closed after this long without a
-        # byte either way; counted for the metrics.
-        self.tunnel_idle = tunnel_idle
         self.tunnels = TunnelStats()
-        self.max_body_bytes = max_body_bytes
-        self.trusted_proxies = tuple(trusted_proxies)
         self.path_prefix = path_prefix.rstrip(b"/")
         # Called with a RequestRecord once per client request (the access
         # log, metrics, ...).  An observer must not raise or block.
@@ -141,6 +136,21 @@ class BalancerResource(ReverseProxyResource):
             self.request_observers.append(access_log.observe)
         # A removed backend's connections must never be reused.
         pool.subscribe(self._pool_changed)
+
+    def configure(
+        self, *, retries: int, retry_on: Sequence[str], response_timeout: float, tunnel_idle: float,
+        max_body_bytes: int, trusted_proxies: Sequence,
+    ) -> None:
+        """
+        New settings for the requests that start from now on (a reload);
+        each exchange reads them as it goes, so none is half-changed.
+        """
+        unknown = set(retry_on) - set(RETRY_ON_CHOICES)
+        if unknown:
+            raise ValueError(f"unknown retry_on value(s): {', '.join(sorted(unknown))}")
+        self.retries, self.retry_on = retries, frozenset(retry_on)
+        self.response_timeout, self.tunnel_idle = response_timeout, tunnel_idle
+        self.max_body_bytes, self.trusted_proxies = max_body_bytes, tuple(trusted_proxies)
 
     @property
     def reactor(self) -> Any:

@@ -9,10 +9,8 @@ and close the connection, never guess.  L{UpstreamPool} keeps idle
 connections per backend (most recently used first) and opens new ones
 through one cached endpoint per backend.
 
-Why not C{twisted.web.client.Agent}: measured here, Agent with a tuned pool
-ran at about half the throughput of this client on the proxy path, because
-of per-request endpoint creation, IDNA work and its general-purpose
-response machinery (see ../shared/GUIDE.md).
+Not C{twisted.web.client.Agent}: with a tuned pool it ran at half this
+client's throughput here (per-request endpoints, IDNA work; see the GUIDE).
 """
 
 from __future__ import annotations
@@ -37,10 +35,8 @@ _log = Logger()
 MAX_RESPONSE_HEAD = 64 * 1024
 _HEX = b"0123456789abcdefABCDEF"
 
-# Parser states.
-_IDLE, _HEAD, _LENGTH, _CHUNKED, _UNTIL_CLOSE, _DEAD = range(6)
-# Chunked sub-states.
-_SIZE, _DATA, _DATA_END, _TRAILER = range(4)
+_IDLE, _HEAD, _LENGTH, _CHUNKED, _UNTIL_CLOSE, _DEAD = range(6)  # parser states
+_SIZE, _DATA, _DATA_END, _TRAILER = range(4)  # chunked sub-states
 
 _NO_BODY_STATUS = frozenset({204, 304})
 _WS = (32, 9)  # space, tab
@@ -54,10 +50,7 @@ class _BadResponse(Exception):
 
 
 def _content_length(values: List[bytes]) -> int:
-    """
-    The one Content-Length that C{values} agree on (RFC 9110 8.6: a list of
-    identical values is allowed), else L{_BadResponse}.
-    """
+    """The one Content-Length C{values} agree on (RFC 9110 8.6), else L{_BadResponse}."""
     found = None
     for value in values:
         for part in value.split(b","):
@@ -131,10 +124,9 @@ def _read_head(head: bytes) -> tuple:
 @implementer(IPushProducer, IRequestBodyConsumer)
 class UpstreamConnection(Protocol):
     """
-    One HTTP/1.1 connection to a backend.  Use L{send_request}, then
-    L{write_body}/L{end_body} for a body.  Also the push producer that the
-    client side registers so that a slow client pauses reading from the
-    backend.
+    One HTTP/1.1 connection to a backend: L{send_request}, then
+    L{write_body}/L{end_body} for a body.  Also the push producer the client
+    side registers, so that a slow client pauses reading from the backend.
     """
 
     def __init__(self, pool: "UpstreamPool", backend: Backend, generation: int) -> None:
@@ -635,6 +627,13 @@ class UpstreamPool:
 
     def discard(self, conn: UpstreamConnection) -> None:
         conn.abort()
+
+    def configure(self, connect_timeout: float, idle_timeout: float, max_idle_per_backend: int) -> None:
+        """New settings (a reload) for new connections; pooled ones stay."""
+        if connect_timeout != self.connect_timeout:
+            self._endpoints.clear()  # each carries the connect timeout
+        self.connect_timeout, self.idle_timeout = connect_timeout, idle_timeout
+        self.max_idle_per_backend = max_idle_per_backend
 
     def forget(self, backend_id: str) -> None:
         """

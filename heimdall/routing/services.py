@@ -27,7 +27,16 @@ from heimdall.proxy.retry_budget import RetryBudget
 from heimdall.proxy.upstream import UpstreamPool
 from heimdall.strategies.registry import default_registry
 
-__all__ = ["Service", "build_pool", "build_retry_budget", "build_service", "build_services"]
+__all__ = [
+    "Service", "build_pool", "build_queue", "build_retry_budget", "build_service", "build_services", "build_strategy",
+]
+
+
+def build_strategy(settings: ServiceConfig, clock: Any) -> Any:
+    """
+    A service's strategy (an L{heimdall.interfaces.IStrategy}).
+    """
+    return default_registry().create(settings.strategy.name, dict(settings.strategy.options), _random.Random(), clock)
 
 
 def build_pool(settings: ServiceConfig, clock: Any) -> BackendPool:
@@ -35,10 +44,12 @@ def build_pool(settings: ServiceConfig, clock: Any) -> BackendPool:
     A service's backend pool with its strategy and the pool settings of
     its C{health} section (panic mode); empty.
     """
-    strategy = default_registry().create(
-        settings.strategy.name, dict(settings.strategy.options), _random.Random(), clock
-    )
-    return BackendPool(strategy, clock=clock, panic_mode=settings.health.pool.panic_mode)
+    return BackendPool(build_strategy(settings, clock), clock=clock, panic_mode=settings.health.pool.panic_mode)
+
+
+def build_queue(settings: ServiceConfig, pool: BackendPool, clock: Any) -> Optional[RequestQueue]:
+    queue = settings.queue
+    return RequestQueue(pool, queue.size, queue.timeout, clock) if queue.size else None
 
 
 def build_retry_budget(settings: RetryBudgetConfig, clock: Any) -> RetryBudget:
@@ -70,6 +81,34 @@ class Service:
     resource: BalancerResource
     health: HealthService
 
+    def reconfigure(self, settings: ServiceConfig, config: Config, clock: Any, strategy: bool = True) -> None:
+        """
+        Take C{settings} (a reload) for what follows, keeping the pool's
+        members with their state and the pooled connections: the strategy
+        (unless C{strategy} is false: one set at runtime stays), health
+        checks, outlier detection and panic mode if the C{health} section
+        changed, retries, timeouts, upstream settings and the queue.
+        """
+        if strategy and settings.strategy != self.settings.strategy:
+            self.pool.set_strategy(build_strategy(settings, clock))
+        if settings.health != self.settings.health:
+            self.health.reconfigure(settings.health)
+        timeouts = settings.timeouts
+        self.upstream.configure(timeouts.connect, timeouts.idle_upstream, settings.upstream.max_idle_per_backend)
+        self.resource.configure(
+            retries=settings.retries, retry_on=settings.retry_on, response_timeout=timeouts.response,
+            tunnel_idle=timeouts.tunnel_idle, max_body_bytes=config.limits.max_body_bytes,
+            trusted_proxies=config.forwarded.trusted_proxies,
+        )
+        budget, wanted = self.resource.retry_budget, settings.health.retry_budget
+        if budget is not None:
+            budget.budget_ratio, budget.min_retry_concurrency = wanted.percent / 100.0, wanted.min_retry_concurrency
+        if self.resource.queue is not None:
+            self.resource.queue.resize(settings.queue.size, settings.queue.timeout)
+        else:
+            self.resource.queue = build_queue(settings, self.pool, clock)
+        self.settings = settings
+
 
 def build_service(
     name: str,
@@ -100,9 +139,7 @@ def build_service(
         max_idle_per_backend=settings.upstream.max_idle_per_backend,
         tls=tls,
     )
-    queue = (
-        RequestQueue(pool, settings.queue.size, settings.queue.timeout, reactor) if settings.queue.size else None
-    )
+    queue = build_queue(settings, pool, reactor)
     resource = BalancerResource(
         pool,
         upstream,
