@@ -88,7 +88,7 @@ $(PYPY_STAMP): $(PYPY) pyproject.toml
 # TLS) and treq comes without its twisted[tls] requirement (with it, pip
 # backtracks for minutes down to treq 15).
 PYPY_TEST_DEPS = $(PYPY_DEPS) 'cryptography==43.0.3' 'pyopenssl==25.1.0' service_identity idna \
-  hyperlink incremental multipart typing_extensions pytest pytest-twisted hypothesis websockets
+  hyperlink incremental multipart typing_extensions pytest pytest-twisted hypothesis websockets h11
 PYPY_TEST_STAMP = $(PYPY_VENV)/.test-installed-$(shell echo "$(PYPY_TEST_DEPS)" | cksum | cut -d' ' -f1)
 $(PYPY_TEST_STAMP): $(PYPY_STAMP)
 	$(PYPY_PIP) install $(PYPY_TEST_DEPS)

@@ -364,7 +364,9 @@ class ProxyExchange:
             body_length = body.length if body.length is not None else -1
         self.sent_at = self.clock.seconds()
         conn.expect_upgrade = self.upgrade is not None
-        conn.send_request(request.method, self.target, self.host, self.headers, body_length, self)
+        # HTTP/1.1 upstream needs a Host, and an HTTP/1.0 client may send none.
+        host = self.host if self.host is not None else conn.backend.id.encode("ascii", "replace")
+        conn.send_request(request.method, self.target, host, self.headers, body_length, self)
         if body is None:
             self._request_sent()
         else:

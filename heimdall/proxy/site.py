@@ -86,7 +86,8 @@ def framing_problem(hosts, version: bytes) -> Optional[bytes]:
 class _StrictChunkedDecoder(_ChunkedTransferDecoder):
     """
     Twisted's chunked decoder, refusing a chunk size of more than
-    L{MAX_CHUNK_SIZE_DIGITS} hex digits (Twisted takes up to 1 KiB of them).
+    L{MAX_CHUNK_SIZE_DIGITS} hex digits (Twisted takes up to 1 KiB of them)
+    and chunk lines that end in a bare LF (Twisted waits for more).
     """
 
     def _dataReceived_CHUNK_LENGTH(self) -> bool:
@@ -97,7 +98,19 @@ class _StrictChunkedDecoder(_ChunkedTransferDecoder):
                 size = size[:cut]
         if len(size) > MAX_CHUNK_SIZE_DIGITS:
             raise _MalformedChunkedDataError("chunk size of more than 16 hex digits")
+        self._refuse_bare_lf()
         return super()._dataReceived_CHUNK_LENGTH()
+
+    def _dataReceived_TRAILER(self) -> bool:
+        self._refuse_bare_lf()
+        return super()._dataReceived_TRAILER()
+
+    def _refuse_bare_lf(self) -> None:
+        # Chunk lines end in CRLF (RFC 9112 7.1; the bare-LF leniency of 2.2
+        # is for the head): Twisted would wait for a CR that never comes.
+        lf = self._buffer.find(b"\n")
+        if lf >= 0 and self._buffer[lf - 1 : lf] != b"\r":
+            raise _MalformedChunkedDataError("chunk line ends in a bare LF")
 
 
 def _plain_response(code: int, message: bytes) -> bytes:
