@@ -251,10 +251,11 @@ def _mutations():
         ("space before colon (TE)", REJECT, te_spaced),
         ("space before colon (other)", REJECT, add_line(b"X-Space : v")),
         ("tab before colon", REJECT, add_line(b"X-Tab\t: v")),
-        ("NUL in a value", REJECT, add_line(b"X-Nul: a\x00b")),
-        ("CR in a value", REJECT, add_line(b"X-Cr: a\rb")),
-        # RFC 9110 5.5: only CR, LF and NUL must be refused; a recipient
-        # MAY keep the other controls.
+        # RFC 9110 5.5: CR, LF and NUL in a value must be refused or each
+        # replaced with SP (Twisted 26.10 refuses, 26.4 on PyPy replaces);
+        # a recipient MAY keep the other controls.
+        ("NUL in a value", EITHER, add_line(b"X-Nul: a\x00b")),
+        ("CR in a value", EITHER, add_line(b"X-Cr: a\rb")),
         ("control byte in a value", EITHER, add_line(b"X-Ctl: a\x01b")),
         ("bare LF in chunk lines", REJECT, chunked_with(eol=b"\n")),
         ("bare LF after the last chunk", REJECT, bad_chunk(lambda b: b"%x\r\n" % len(b) + b + b"\r\n0\r\n\n")),
