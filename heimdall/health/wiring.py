@@ -55,7 +55,11 @@ class HealthService(Service):
         agent: Any = None,
         webhook_client: Any = None,
         check_factory: Any = None,
+        service: str = "default",
     ) -> None:
+        """
+        @param service: the name of the service C{pool} is (its alerts say it).
+        """
         reactor = reactor if reactor is not None else clock
         self.pool = pool
         self.health_config = health
@@ -68,7 +72,7 @@ class HealthService(Service):
             random if random is not None else _random.Random(),
         )
         self.detector = OutlierDetector(pool, health.outlier, clock)
-        self.alerts = AlertDispatcher.from_config(alerts, pool, clock, reactor, webhook_client)
+        self.alerts = AlertDispatcher.from_config(alerts, pool, clock, reactor, webhook_client, service)
 
     def startService(self) -> None:
         super().startService()
@@ -108,6 +112,6 @@ def build_health(
     IReactorTime; C{reactor} connects (the probes, the webhooks) and
     spawns (the alert commands), C{clock} when not given.  C{options}:
     C{random}, C{agent} (the probes' IAgent), C{webhook_client}
-    (treq-like), C{check_factory}.
+    (treq-like), C{check_factory}, C{service} (its name, for the alerts).
     """
     return HealthService(pool, health, alerts, clock, reactor, **options)

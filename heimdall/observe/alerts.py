@@ -20,6 +20,7 @@ The alert document (also in docs/health.md)::
     {
       "version": 1,
       "source": "heimdall",
+      "service": "default",             # the service the backend belongs to
       "event": "down",                  # up down ejected returned added removed all_down recovered
       "severity": "critical",           # critical (down, all_down), warning (ejected, removed), info
       "backend": "127.0.0.1:8081",      # null for all_down / recovered
@@ -96,9 +97,12 @@ _PHRASES = {
 }
 
 
-def alert_document(event: PoolEvent, pool: Optional[BackendPool] = None, suppressed: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+def alert_document(
+    event: PoolEvent, pool: Optional[BackendPool] = None, suppressed: Optional[Dict[str, Any]] = None,
+    service: str = "default",
+) -> Dict[str, Any]:
     """
-    The JSON-ready alert for C{event} (see the module docstring).
+    The JSON-ready alert for C{event} in C{service} (see the module docstring).
     """
     member = pool.get(event.backend_id) if pool is not None and event.backend_id else None
     url = member.backend.url if member is not None else (event.detail if event.kind is EventKind.ADDED else None)
@@ -106,6 +110,8 @@ def alert_document(event: PoolEvent, pool: Optional[BackendPool] = None, suppres
         text = "heimdall: ALL backends are down" if event.kind is EventKind.ALL_DOWN else "heimdall: backends available again"
     else:
         text = f"heimdall: backend {event.backend_id} {_PHRASES.get(event.kind, event.kind.value)}"
+    if service != "default":
+        text = text.replace("heimdall: ", f"heimdall [{service}]: ", 1)
     if event.detail and event.kind is not EventKind.ADDED:
         text += f": {event.detail}"
     if suppressed:
@@ -114,6 +120,7 @@ def alert_document(event: PoolEvent, pool: Optional[BackendPool] = None, suppres
     document: Dict[str, Any] = {
         "version": ALERT_VERSION,
         "source": "heimdall",
+        "service": service,
         "event": event.kind.value,
         "severity": _SEVERITY.get(event.kind, "info"),
         "backend": event.backend_id,
@@ -323,6 +330,7 @@ class CommandSink:
         env = dict(os.environ if self.env is None else self.env)
         env["HEIMDALL_EVENT"] = str(alert.get("event") or "")
         env["HEIMDALL_BACKEND"] = str(alert.get("backend") or "")
+        env["HEIMDALL_SERVICE"] = str(alert.get("service") or "")
         done: Deferred = Deferred()
         protocol = _AlertProcess(json.dumps(alert).encode("utf-8") + b"\n", done)
         try:
@@ -424,6 +432,8 @@ class AlertDispatcher:
     flap_window: float = 60.0
     events: Sequence[str] = _DEFAULT_EVENTS
     log_sink: IAlertSink = attrs.field(factory=LogSink)
+    #: The service whose pool it watches (the alerts' C{service}).
+    service: str = "default"
     #: Called with C{(sink kind, delivered)} after each delivery to a sink
     #: (C{"webhook"}, C{"command"}): for metrics; must not raise.
     delivery_observers: List[Callable[[str, bool], None]] = attrs.field(factory=list)
@@ -438,13 +448,17 @@ class AlertDispatcher:
     suppressed_total: int = attrs.field(init=False, default=0)
 
     @classmethod
-    def from_config(cls, config: AlertsConfig, pool: BackendPool, clock: IReactorTime, reactor: Any = None, webhook_client: Any = None) -> "AlertDispatcher":
+    def from_config(
+        cls, config: AlertsConfig, pool: BackendPool, clock: IReactorTime, reactor: Any = None,
+        webhook_client: Any = None, service: str = "default",
+    ) -> "AlertDispatcher":
         return cls(
             pool,
             clock,
             build_sinks(config, clock, reactor, webhook_client),
             flap_window=config.flap_window,
             events=config.events,
+            service=service,
         )
 
     def start(self) -> None:
@@ -477,7 +491,7 @@ class AlertDispatcher:
 
     def _event(self, event: PoolEvent) -> None:
         try:
-            self.log_sink.send(alert_document(event, self.pool))
+            self.log_sink.send(alert_document(event, self.pool, service=self.service))
         except Exception:
             _log.failure("logging the {kind} event failed", kind=event.kind)
         if event.kind not in self.events:
@@ -490,7 +504,7 @@ class AlertDispatcher:
             window.held.append(event)
             self.suppressed_total += 1
             return
-        self._deliver(alert_document(event, self.pool))
+        self._deliver(alert_document(event, self.pool, service=self.service))
         self._open_window(key)
 
     def _open_window(self, key: str) -> None:
@@ -507,7 +521,7 @@ class AlertDispatcher:
         for held in window.held[:-1]:
             counts[held.kind.value] = counts.get(held.kind.value, 0) + 1
         summary = {"count": len(window.held) - 1, "events": counts, "since": window.opened_at} if counts else None
-        self._deliver(alert_document(latest, self.pool, summary))
+        self._deliver(alert_document(latest, self.pool, summary, self.service))
         # Still flapping: the next alert waits for another window.
         self._open_window(key)
 

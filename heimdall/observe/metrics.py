@@ -30,7 +30,7 @@ The metrics (every counter ends in C{_total} in the exposition)::
     heimdall_upstream_ttfb_seconds{service,backend}              histogram: upstream time to first byte
     heimdall_request_bytes_total{service,backend}                request body bytes received
     heimdall_response_bytes_total{service,backend}               response body bytes sent
-    heimdall_retries_total{reason}                       requests re-sent to another backend
+    heimdall_retries_total{service,reason}               requests re-sent to another backend
     heimdall_upstream_failures_total{service,backend,reason}     failed upstream attempts by kind
     heimdall_upstream_connections_opened_total / _reused_total, heimdall_upstream_connect_failures_total
     heimdall_upstream_idle_connections{service,backend}          pooled idle connections
@@ -216,7 +216,7 @@ class Metrics:
         # Member -> _Stats: outcomes arrive with the Member, whose .id
         # builds a string on every call.
         self._member_stats: Dict[Any, _Stats] = {}
-        self._retries: Dict[str, int] = {}
+        self._retries: Dict[Tuple[str, str], int] = {}  # (service, reason)
         self._pool_events: Dict[str, int] = {}
         self._alerts: Dict[Tuple[str, str], int] = {}
         self._supervision: Dict[str, int] = {}
@@ -358,9 +358,9 @@ class Metrics:
         # connect, reset, stale, bad_response, 5xx, timeout); a record
         # without them still counts, as "unknown".
         reasons = getattr(record, "retry_reasons", None) or ("unknown",) * (record.attempts - 1)
-        retries = self._retries
+        retries, service = self._retries, getattr(record, "service", None) or "default"
         for reason in reasons:
-            retries[reason] = retries.get(reason, 0) + 1
+            retries[service, reason] = retries.get((service, reason), 0) + 1
 
     def observe_outcome(self, member, outcome, service: str = "default") -> None:
         """
@@ -533,11 +533,14 @@ class Metrics:
                 for to in _HEALTH_TRANSITIONS:
                     transitions.add_metric([service, backend, to], stats.transitions.get(to, 0))
         retries = CounterMetricFamily(
-            "heimdall_retries", "Requests re-sent to another backend, by the reason for the retry.",
-            labels=["reason"],
+            "heimdall_retries", "Requests re-sent to another backend, by service and the reason for the retry.",
+            labels=["service", "reason"],
         )
-        for reason in _RETRY_REASONS + tuple(sorted(set(self._retries) - set(_RETRY_REASONS))):
-            retries.add_metric([reason], self._retries.get(reason, 0))
+        counted = {service for service, _ in self._retries}
+        for service in list(self._services) + sorted(counted - set(self._services)):
+            others = sorted({reason for key, reason in self._retries if key == service} - set(_RETRY_REASONS))
+            for reason in _RETRY_REASONS + tuple(others):
+                retries.add_metric([service, reason], self._retries.get((service, reason), 0))
         return [requests, duration, ttfb, bytes_in, bytes_out, retries, failures, checks, ejections, transitions]
 
     def _collect_backends(self, members) -> Iterable:

@@ -127,7 +127,7 @@ def build_service(
     """
     pool = build_pool(settings, reactor)
     agent = probe_agent(reactor, tls=tls) if tls is not None else None
-    health = build_health(settings.health, config.alerts, pool, reactor, reactor, agent=agent)
+    health = build_health(settings.health, config.alerts, pool, reactor, reactor, agent=agent, service=name)
     if name != DEFAULT_SERVICE:
         # Named services in one MultiService must have distinct names.
         health.setName(f"{health.name}:{name}")

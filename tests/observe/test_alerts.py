@@ -60,6 +60,7 @@ def test_the_alert_document():
     document = alert_document(event, pool)
     assert document == {
         "version": 1,
+        "service": "default",
         "source": "heimdall",
         "event": "down",
         "severity": "critical",
@@ -349,7 +350,7 @@ async def test_a_webhook_receiver_gets_down_and_up_with_the_documented_json(trac
     assert down["event"] == "down" and up["event"] == "up"
     for alert in (down, up):
         assert set(alert) == {
-            "version", "source", "event", "severity", "backend", "url", "detail",
+            "version", "source", "service", "event", "severity", "backend", "url", "detail",
             "previous", "at", "time", "pool", "suppressed", "text",
         }
         assert alert["backend"] == member.id and alert["url"] == member.backend.url
@@ -407,3 +408,19 @@ async def test_a_receiver_that_is_down_or_hangs_does_not_affect_proxying(
                 request.channel.transport.abortConnection()
     assert statuses == [200] * 40
     assert slowest < 0.25
+
+
+def test_an_alert_names_its_service():
+    clock = Clock()
+    pool, [a, _] = _pool(clock)
+    event = PoolEvent("down", a.id, clock.seconds(), "connect refused", "up")
+    document = alert_document(event, pool, service="api")
+    assert document["service"] == "api"
+    assert document["text"] == "heimdall [api]: backend 127.0.0.1:9000 is DOWN: connect refused"
+    sink = RecordingSink()
+    dispatcher = AlertDispatcher(pool, clock, [sink], flap_window=0, service="api")
+    dispatcher.start()
+    pool.set_health(a.id, Health.DOWN, "connect refused")
+    clock.advance(0)
+    assert [(alert["service"], alert["event"]) for alert in sink.alerts] == [("api", "down")]
+    dispatcher.stop()

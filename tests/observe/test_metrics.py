@@ -29,8 +29,8 @@ from tests.netutil import require, free_port
 
 
 def _value(metrics, name, **labels):
-    # Series of one backend are labelled with its service (here "default").
-    if "backend" in labels or name.startswith(("heimdall_pool_backends", "heimdall_pool_panic")):
+    # Series of one backend (and retries) are labelled with its service (here "default").
+    if "backend" in labels or name.startswith(("heimdall_pool_backends", "heimdall_pool_panic", "heimdall_retries")):
         labels.setdefault("service", "default")
     value = metrics.registry.get_sample_value(name, labels)
     return 0.0 if value is None else value
@@ -445,3 +445,31 @@ def test_active_checks_are_counted_through_the_probers_subscribe_checks():
     clock.advance(60)
     assert _value(metrics, "heimdall_health_checks_total", backend=member.id, result="success") == 1
     prober.stop()
+
+
+def test_retries_are_counted_per_service():
+    import random
+
+    from types import SimpleNamespace
+
+    from twisted.internet.task import Clock
+
+    from heimdall.observe.metrics import Metrics
+    from heimdall.pool.pool import BackendPool
+    from heimdall.strategies.registry import default_registry
+
+    clock = Clock()
+    metrics = Metrics()
+    pools = [BackendPool(default_registry().create("round_robin", {}, random.Random(0), clock), clock=clock)
+             for _ in range(2)]
+    metrics.attach(pools[0])
+    metrics.attach_service("api", pools[1])
+    record = SimpleNamespace(
+        service="api", backend="127.0.0.1:1", method=b"GET", status=200, total_time=0.01, bytes_in=0, bytes_out=2,
+        attempts=3, retry_reasons=("connect", "reset"), protocol="HTTP/1.1", tls=None,
+    )
+    metrics.observe_request(record)
+    value = metrics.registry.get_sample_value
+    assert value("heimdall_retries_total", {"service": "api", "reason": "connect"}) == 1
+    assert value("heimdall_retries_total", {"service": "api", "reason": "reset"}) == 1
+    assert value("heimdall_retries_total", {"service": "default", "reason": "connect"}) == 0
