@@ -171,6 +171,22 @@ class IClientExchange(Interface):
         """
 
 
+class ITimedExchange(Interface):
+    """
+    What an L{heimdall.proxy.timeouts.ExchangeTimer} tells the exchange it
+    times (L{heimdall.proxy.exchange.ProxyExchange}).
+    """
+
+    timeout = Attribute("The kind of timeout that ended the exchange, or None.")
+
+    def timed_out(kind):
+        """
+        The wait C{kind} (one of L{heimdall.proxy.timeouts.TIMEOUT_KINDS})
+        ran out: end the exchange (which stops the timer).  The timer's
+        waits still show what was waited on.
+        """
+
+
 class IRequestBodyConsumer(Interface):
     """
     Where a L{heimdall.proxy.body.RequestBody} sends the client's body (an

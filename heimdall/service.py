@@ -46,6 +46,7 @@ from heimdall.observe.logging import install_on_application, reopen_log_files
 from heimdall.observe.edge import EdgeMetrics
 from heimdall.observe.live import LiveFeed
 from heimdall.observe.metrics import Metrics, exposition, observe_requests, undo_all
+from heimdall.observe.protection import ProtectionMetrics
 from heimdall.pool.pool import BackendPool
 from heimdall.proxy.h2 import H2_ENABLED, switching_channel_factory
 from heimdall.proxy.resource import BalancerResource
@@ -184,6 +185,8 @@ def build_proxy(config: Config, reactor: Any, backend_tls: Optional[Mapping[str,
             max_body_bytes=config.limits.max_body_bytes,
             header_timeout=config.timeouts.client_header,
             idle_timeout=config.timeouts.client_idle,
+            client_body_timeout=config.timeouts.client_body,
+            client_write_timeout=config.timeouts.client_write,
             reactor=reactor,
         )
 
@@ -290,6 +293,9 @@ def build_metrics(
     resources = [proxy.router, default.resource]
     edge = EdgeMetrics(metrics.registry, tls=tls, tunnels=[getattr(r, "tunnels", None) for r in resources])
     detach_edge = edge.attach(resources)
+    # Timeouts and connection limits.
+    protection = ProtectionMetrics(metrics.registry, sites=[proxy.site, proxy.tls_site])
+    detach_protection = protection.attach([service.resource for service in proxy.services.values()])
 
     def attach_service(service: Service) -> Callable[[], None]:
         undo: List[Callable[[], None]] = [metrics.attach_service(
@@ -301,6 +307,7 @@ def build_metrics(
         return lambda: undo_all(undo)
 
     def detach_all() -> None:
+        detach_protection()
         detach_edge()
         detach()
 

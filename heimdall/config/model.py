@@ -214,7 +214,8 @@ class ManagerConfig:
 @attrs.frozen
 class TimeoutsConfig:
     """
-    Timeouts, in seconds, all greater than 0 (shutdown_grace may be 0).
+    Timeouts, in seconds, all greater than 0 (shutdown_grace may be 0,
+    C{request} 0 is off).
 
     @ivar connect: to open a connection to a backend.
     @ivar response: from sending a request upstream to the first byte of
@@ -227,6 +228,20 @@ class TimeoutsConfig:
         way for this long is closed.
     @ivar shutdown_grace: on SIGTERM or SIGINT, how long requests in
         flight may run on before their connections are closed (0: none).
+    @ivar upstream_read: the longest gap between two reads of a response
+        body, after its head (nginx C{proxy_read_timeout}); then the
+        client connection is aborted (a truncated response), the upstream
+        one closed, and it counts as a passive health failure.
+    @ivar client_write: the longest a client may leave heimdall unable to
+        write to it (its socket full) before both connections close; a
+        slow reader that keeps reading is fine (nginx C{send_timeout}).
+    @ivar client_body: the longest gap between two pieces of a request
+        body; then 408 if no body byte went upstream yet, else both
+        connections are aborted (nginx C{client_body_timeout}).
+    @ivar request: the longest a whole request may take, from its head to
+        the end of its response (504 before a response head, else the
+        client is cut off); 0, the default, is no limit.
+    See L{heimdall.proxy.timeouts}.
     """
 
     connect: float = duration(5.0)
@@ -236,6 +251,10 @@ class TimeoutsConfig:
     client_idle: float = duration(75.0)
     tunnel_idle: float = duration(3600.0)
     shutdown_grace: float = duration(10.0, allow_zero=True)
+    upstream_read: float = duration(60.0)
+    client_write: float = duration(60.0)
+    client_body: float = duration(30.0)
+    request: float = duration(0.0, allow_zero=True)
 
 
 @attrs.frozen

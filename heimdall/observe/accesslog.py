@@ -7,8 +7,11 @@ Fields, in this order (JSON keys as named): C{time} (Unix seconds),
 C{request_id}, C{client}, C{method}, C{path}, C{status}, C{service} (null
 when heimdall answered itself: a redirect, respond or no route), C{backend},
 C{upstream_time} and C{total_time} (seconds), C{bytes_in}, C{bytes_out},
-C{attempts}, C{protocol} (C{HTTP/1.1}, C{HTTP/2}) and C{tls} (the TLS
-version, or null over plain TCP).
+C{attempts}, C{protocol} (C{HTTP/1.1}, C{HTTP/2}), C{tls} (the TLS
+version, or null over plain TCP) and C{timeout} (the timeout that ended the
+request: C{upstream_read}, C{client_write}, C{client_body}, C{request},
+C{response}; null if none did: see L{heimdall.proxy.timeouts}).  Text lines
+end in C{timeout=KIND} only when one fired.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ FIELDS = (
     "attempts",
     "protocol",
     "tls",
+    "timeout",
 )
 
 
@@ -50,7 +54,8 @@ def format_text(event) -> Optional[str]:
     C{client "METHOD path" status bytes_out service=… backend=… upstream=…ms total=…ms}.
     """
     upstream = event.get("upstream_time")
-    return '{client} "{method} {path}" {status} {bytes_out} service={service} backend={backend} upstream={up} total={total:.2f}ms bytes_in={bytes_in} attempts={attempts} id={request_id} proto={protocol} tls={tls}\n'.format(
+    timeout = event.get("timeout")
+    return '{client} "{method} {path}" {status} {bytes_out} service={service} backend={backend} upstream={up} total={total:.2f}ms bytes_in={bytes_in} attempts={attempts} id={request_id} proto={protocol} tls={tls}{timeout}\n'.format(
         request_id=_text(event.get("request_id")),
         client=_text(event.get("client")),
         method=_text(event.get("method")),
@@ -65,6 +70,7 @@ def format_text(event) -> Optional[str]:
         attempts=event.get("attempts", 0),
         protocol=_text(event.get("protocol")),
         tls=_text(event.get("tls")),
+        timeout="" if timeout is None else f" timeout={timeout}",
     )
 
 
@@ -155,6 +161,7 @@ class AccessLog:
             request_id=record.request_id,
             protocol=record.protocol,
             tls=record.tls,
+            timeout=getattr(record, "timeout", None),
         )
 
     def close(self) -> None:

@@ -19,16 +19,16 @@ L{heimdall.proxy.tunnel.TunnelStats}).
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from heimdall.observe.metrics import observe_requests, undo_all
+from heimdall.observe.collectors import RecordCollector
 
 __all__ = ["EdgeMetrics"]
 
 
-class EdgeMetrics:
+class EdgeMetrics(RecordCollector):
     """
     @param registry: the L{CollectorRegistry} to register on.
     @param tls: the L{heimdall.tls.server.ServerTls}, or None.
@@ -41,26 +41,11 @@ class EdgeMetrics:
         self.tunnels = [stats for stats in tunnels if stats is not None]
         self._seconds = seconds
         self._requests: Dict[Tuple[str, str], int] = {}
-        self._registry = registry
-        registry.register(self)
-
-    def attach(self, resources: Sequence) -> Callable[[], None]:
-        """
-        Count the requests of C{resources} (objects with
-        C{request_observers}); returns the function that stops it and
-        unregisters the collector.
-        """
-        undo: List[Callable[[], None]] = [lambda: self._registry.unregister(self)]
-        for resource in resources:
-            observe_requests(resource, self.observe_request, undo)
-        return lambda: undo_all(undo)
+        super().__init__(registry)
 
     def observe_request(self, record) -> None:
         key = (record.protocol, record.tls or "none")
         self._requests[key] = self._requests.get(key, 0) + 1
-
-    def describe(self) -> Iterable:
-        return list(self.collect())
 
     def collect(self) -> Iterable:
         requests = CounterMetricFamily(

@@ -28,7 +28,13 @@ class RequestBody:
     straight through, and the consumer's transport pauses the client when
     it cannot keep up.  L{replayable} says whether no byte has been handed
     to any consumer yet, i.e. whether the request may be sent elsewhere.
+
+    Its C{timer} (an L{heimdall.proxy.timeouts.ExchangeTimer}, set by the
+    exchange) hears of each piece, of the end, and of heimdall pausing
+    the client (then the client is not waited on).
     """
+
+    timer = None
 
     def __init__(self, length: Optional[int], client_transport=None) -> None:
         self.length = length  # None: chunked, length unknown
@@ -63,6 +69,9 @@ class RequestBody:
     # -- from the client side -----------------------------------------------
 
     def feed(self, data: bytes) -> None:
+        timer = self.timer
+        if timer is not None:
+            timer.body_piece()
         self.received += len(data)
         if self._consumer is not None:
             self._consumer.write_body(data)
@@ -74,6 +83,8 @@ class RequestBody:
 
     def finish(self) -> None:
         self.complete = True
+        if self.timer is not None:
+            self.timer.body_done()
         if self._consumer is not None:
             self._consumer.end_body()
             self._sent()
@@ -112,6 +123,13 @@ class RequestBody:
         self._on_sent = None
         self.resumeProducing()
 
+    @property
+    def nothing_forwarded(self) -> bool:
+        """
+        Whether no byte of the body has gone to a consumer (the backend).
+        """
+        return self._consumer is None or self.received == 0
+
     def _sent(self) -> None:
         self._unregister()
         on_sent, self._on_sent = self._on_sent, None
@@ -130,11 +148,15 @@ class RequestBody:
         if not self._client_paused and self._client_transport is not None:
             self._client_paused = True
             self._client_transport.pauseProducing()
+            if self.timer is not None:
+                self.timer.body_paused()
 
     def resumeProducing(self) -> None:
         if self._client_paused:
             self._client_paused = False
             self._client_transport.resumeProducing()
+            if self.timer is not None and not self.complete:
+                self.timer.body_resumed()
 
     def stopProducing(self) -> None:
         self.detach()

@@ -15,16 +15,19 @@ import attrs
 from twisted.logger import Logger
 from twisted.web.http import datetimeToString
 from twisted.web.http_headers import Headers
+from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
+from heimdall.config.model import TimeoutsConfig
 from heimdall.errors import BackendsBusy, NoBackendAvailable
-from heimdall.interfaces import IClientExchange, IUpstreamResponseHandler
+from heimdall.interfaces import IClientExchange, ITimedExchange, IUpstreamResponseHandler
 from heimdall.pool.context import RequestContext
 from heimdall.pool.values import FailureKind, Outcome
 from heimdall.proxy.body import RequestBody
 from heimdall.proxy.h2 import tls_version
-from heimdall.proxy.headers import HOP_BY_HOP, connection_tokens, upstream_request_headers
+from heimdall.proxy.headers import response_headers, upstream_request_headers
 from heimdall.proxy.site import HeimdallRequest
+from heimdall.proxy.timeouts import CLIENT_BODY, RESPONSE, UPSTREAM_READ, ExchangeTimer
 from heimdall.proxy.tunnel import Tunnel, switching_head, upgrade_token
 
 __all__ = ["IDEMPOTENT_METHODS", "ProxyExchange", "RequestRecord", "STALE", "response_headers", "upstream_target"]
@@ -40,6 +43,7 @@ _TIMEOUT = FailureKind.TIMEOUT
 _BAD_RESPONSE = FailureKind.BAD_RESPONSE
 _CLIENT_GONE = FailureKind.CLIENT_GONE
 _BODY_TOO_LARGE = FailureKind.BODY_TOO_LARGE
+_TIMEOUTS = TimeoutsConfig()
 
 # RFC 9110 9.2.2.  Only these may be replayed after the request was sent.
 IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
@@ -48,6 +52,7 @@ IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b
 _FREE_RETRIES = frozenset({FailureKind.CONNECT.value, STALE})
 
 _REASONS = {
+    408: b"Request Timeout",
     413: b"Content Too Large",
     502: b"Bad Gateway",
     503: b"Service Unavailable",
@@ -72,6 +77,7 @@ class RequestRecord:
         C{stale}, C{bad_response}, C{5xx}, C{timeout}.
     @ivar protocol: what the client spoke: C{HTTP/1.0}, C{HTTP/1.1}, C{HTTP/2}.
     @ivar tls: the TLS version it came over (C{TLSv1.3}), L{None} if plain.
+    @ivar timeout: the kind of timeout that ended it, L{None} if none did.
     """
 
     client: Optional[str]
@@ -92,6 +98,9 @@ class RequestRecord:
     service: Optional[str] = None
     protocol: str = "HTTP/1.1"
     tls: Optional[str] = None
+    #: The timeout that ended it (heimdall.proxy.timeouts.TIMEOUT_KINDS:
+    #: "upstream_read", "client_write", ...), or None.
+    timeout: Optional[str] = None
 
 
 _REQUEST_ID_CHARS = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
@@ -133,54 +142,15 @@ def upstream_target(request, prefix: bytes = b"", rewrite=None) -> tuple:
     return path, query
 
 
-try:
-    from twisted.web.http_headers import _nameEncoder
-
-    _canonical_name = _nameEncoder.encode
-except ImportError:  # pragma: no cover - a future Twisted without it
-    def _canonical_name(name: bytes) -> bytes:
-        return b"-".join(part.capitalize() for part in name.split(b"-"))
-
-
-def response_headers(headers) -> Headers:
-    """
-    The client-side L{Headers} for an upstream response head: hop-by-hop
-    headers (and those named in Connection) removed, order and repeats
-    kept, and a Date added if the backend sent none (RFC 9110 6.6.1).
-
-    Values are stored without Twisted's per-value sanitising: the upstream
-    parser already refused any head with a bare CR or LF, and this runs
-    for every response.
-    """
-    named = None
-    result: dict = {}
-    for name, value in headers:
-        lower = name.lower()
-        if lower in HOP_BY_HOP:
-            if lower == b"connection":
-                named = connection_tokens([value]) | (named or frozenset())
-            continue
-        canonical = _canonical_name(name)
-        values = result.get(canonical)
-        if values is None:
-            result[canonical] = [value]
-        else:
-            values.append(value)
-    if named:
-        for canonical in [c for c in result if c.lower() in named]:
-            del result[canonical]
-    if b"Date" not in result:
-        result[b"Date"] = [datetimeToString()]
-    out = Headers()
-    out._rawHeaders = result
-    return out
-
-
-@implementer(IUpstreamResponseHandler, IClientExchange)
+@implementer(IUpstreamResponseHandler, IClientExchange, ITimedExchange, IPushProducer)
 class ProxyExchange:
     """
     One client request's round trip.  It owns the lease and the upstream
     connection for the current attempt and releases both exactly once.
+
+    Its waits are timed by an L{ExchangeTimer} (L{timed_out}); it is the
+    client's push producer for the response body (forwarding to the
+    upstream connection), so that it knows when the client stalls.
     """
 
     # Rarely anything but these per request: class defaults, not one more
@@ -193,6 +163,10 @@ class ProxyExchange:
     upgrade: Optional[bytes] = None
     #: The tunnel a 101 opened (heimdall.proxy.tunnel), or None.
     tunnel = None
+    #: The timeout that ended the exchange (a TIMEOUT_KINDS name), or None.
+    timeout: Optional[str] = None
+    #: Times its waits (set by start).
+    timer: Optional[ExchangeTimer] = None
 
     def __init__(self, resource, request, rewrite=None) -> None:
         self.resource = resource
@@ -262,6 +236,7 @@ class ProxyExchange:
             if rewrite.host is not None:
                 self.host = rewrite.host
             self.headers = rewrite.request_headers(self.headers)
+        self._start_timer(request, resource)
         upgrade = upgrade_token(request)
         if upgrade is not None and getattr(request.channel, "hand_over", None) is not None:
             # Only a HeimdallChannel can hand its connection to a tunnel.
@@ -271,6 +246,17 @@ class ProxyExchange:
         if self.request_id is not None and self.request_id[1]:
             self.headers.append((b"X-Request-ID", self.request_id[0]))
         self._attempt()
+
+    def _start_timer(self, request, resource) -> None:
+        # An HTTP/1.1 connection's timer serves all its requests.
+        make = getattr(request, "exchange_timer", None)
+        timer = make() if make is not None else ExchangeTimer(self.clock, _TIMEOUTS.client_body, _TIMEOUTS.client_write)
+        self.timer = timer
+        body = self.body
+        body_pending = body is not None and not body.complete
+        if body_pending:
+            body.timer = timer
+        timer.start(self, resource.upstream_read, resource.request_timeout, body_pending)
 
     def _attempt(self) -> None:
         pool = self.resource.pool
@@ -338,8 +324,9 @@ class ProxyExchange:
         )
 
     def _connect_failed(self, failure) -> None:
-        self.lease.release(Outcome(failure=_CONNECT if not self.client_gone else _CLIENT_GONE))
-        if self.client_gone:
+        gone = self.client_gone or self.done  # done: a timeout answered
+        self.lease.release(Outcome(failure=_CONNECT if not gone else _CLIENT_GONE))
+        if gone:
             return
         _log.info(
             "connect to {backend} failed: {reason}",
@@ -351,7 +338,7 @@ class ProxyExchange:
             self._respond_error(502, "could not connect to a backend")
 
     def _connected(self, conn) -> None:
-        if self.client_gone:
+        if self.client_gone or self.done:
             self.resource.upstream.release(conn)  # fresh and unused
             self.lease.release(Outcome(failure=_CLIENT_GONE))
             return
@@ -395,7 +382,9 @@ class ProxyExchange:
         observer = self.resource.pool.response_observer
         if observer is not None:
             observer.response_started(self.context, self.member, request)
-        request.registerProducer(self.conn, True)
+        # The client pauses the upstream read through us (pauseProducing).
+        request.registerProducer(self, True)
+        self.timer.reading()
         # Forward the head now, not with the first body bytes: a streaming
         # response (server-sent events, long polls) must not wait.
         request.write(b"")
@@ -409,6 +398,7 @@ class ProxyExchange:
         conn, self.conn = self.conn, None
         self.ttfb = self.clock.seconds() - self.sent_at
         self.status = 101
+        self._stop_timer()  # the tunnel has its own idle timeout
         request = self.request
         request.exchange = None  # the tunnel tells us when it ends
         client_headers = response_headers(headers)
@@ -442,8 +432,26 @@ class ProxyExchange:
         return self._retry("5xx")
 
     def body_received(self, data: bytes) -> None:
+        self.timer.read()
         self.bytes_out += len(data)
         self.request.write(data)
+
+    # -- IPushProducer: the client's channel pauses the response ---------------
+
+    def pauseProducing(self) -> None:
+        # The client's socket is full: from now on we wait on the client.
+        self.timer.writes_paused()
+        if self.conn is not None:
+            self.conn.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.timer.writes_resumed()
+        if self.conn is not None:
+            self.conn.resumeProducing()
+
+    def stopProducing(self) -> None:
+        if self.conn is not None:
+            self.conn.stopProducing()
 
     def response_finished(self) -> None:
         conn, self.conn = self.conn, None
@@ -499,7 +507,56 @@ class ProxyExchange:
             self.avoid.append(self.member)
             if self._retry(_TIMEOUT.value):
                 return
+        self.timeout = RESPONSE
         self._respond_error(504, "backend did not answer in time")
+
+    def timed_out(self, kind: str) -> None:
+        """
+        A wait ran out (see L{heimdall.proxy.timeouts}): stop the upstream
+        side (the connection is closed, never pooled) and answer, or cut
+        the client off if a response is under way: C{client_body} gets 408
+        while no body byte went upstream, C{request} 504 before a head;
+        the rest abort the client connection (a truncated response).
+        C{upstream_read}, and C{request} while waiting on the backend,
+        count against the backend (a passive health failure).
+        """
+        if self.done or self.client_gone:
+            return
+        self.timeout = kind
+        timer = self.timer
+        on_backend = kind == UPSTREAM_READ or (
+            kind != CLIENT_BODY and self.conn is not None and timer.write_at is None and timer.body_at is None
+        )
+        nothing_sent = self.body is None or self.body.nothing_forwarded
+        conn = self._stop_upstream()
+        if conn is not None and self.lease is not None and not self.lease.released:
+            self.lease.release(
+                Outcome(status=self.status, failure=_TIMEOUT if on_backend else _CLIENT_GONE, ttfb=self.ttfb)
+            )
+        # While connecting, the connect's callbacks release the lease: done
+        # is set below, by the answer or the abort.
+        _log.info("{kind} timeout: {method} {path}", kind=kind, method=self.request.method, path=self.request.uri)
+        if self.status is None and kind == CLIENT_BODY and nothing_sent:
+            self._respond_error(408, "request body not received in time")
+        elif self.status is None and kind != CLIENT_BODY:
+            self._respond_error(504, "request took too long")
+        else:
+            self._abort_client()
+
+    def _stop_upstream(self):
+        """
+        Leave the queue, abort the upstream connection (returned, or None)
+        and stop sending the body: nothing more of the request goes up.
+        """
+        if self.queued:
+            self.queued = False
+            self.resource.queue.cancel(self)
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.abort()
+        if self.body is not None:
+            self.body.detach()
+        return conn
 
     def body_too_large(self) -> None:
         """
@@ -521,14 +578,7 @@ class ProxyExchange:
         its request turned out malformed: nothing more goes upstream.
         """
         self.client_gone = True
-        if self.queued:
-            self.queued = False
-            self.resource.queue.cancel(self)
-        conn, self.conn = self.conn, None
-        if conn is not None:
-            conn.abort()
-        if self.body is not None:
-            self.body.detach()
+        conn = self._stop_upstream()
         if self.lease is not None and not self.lease.released and conn is not None:
             self.lease.release(Outcome(status=self.status, failure=_CLIENT_GONE))
         if not self.done:
@@ -578,11 +628,19 @@ class ProxyExchange:
         (channel.transport or channel).abortConnection()
         self._log_access(self.status or 502)
 
+    def _stop_timer(self) -> None:
+        timer = self.timer
+        if timer is not None and timer.owner is self:
+            timer.stop()
+        if self.body is not None:
+            self.body.timer = None
+
     def _log_access(self, status: int) -> None:
         """
-        The exchange ended (called once): give back retry-budget slots and
-        tell the request observers.
+        The exchange ended (called once): stop timing it, give back
+        retry-budget slots and tell the request observers.
         """
+        self._stop_timer()
         budget = self.resource.retry_budget
         if budget is not None:
             budget.request_finished()
@@ -611,6 +669,7 @@ class ProxyExchange:
             service=self.resource.service,
             protocol=self.request.clientproto.decode("ascii", "replace"),
             tls=self.tls,
+            timeout=self.timeout,
         )
         for observer in observers:
             try:

@@ -32,6 +32,7 @@ from twisted.web import http
 
 from heimdall.proxy.body import RequestBody
 from heimdall.proxy.site import HeimdallChannel, HeimdallRequest
+from heimdall.proxy.timeouts import ExchangeTimer
 
 __all__ = [
     "H2_ENABLED",
@@ -117,6 +118,14 @@ class HeimdallStreamRequest(HeimdallRequest):
         if length != 0:
             # The stream itself pauses: its window stays shut until resumed.
             self.body = RequestBody(length, self.channel)
+
+    def exchange_timer(self) -> ExchangeTimer:
+        """
+        A timer of the stream's own (streams of a connection run at once),
+        cancelled when the exchange ends.
+        """
+        site = self.channel.site
+        return ExchangeTimer(site.reactor, site.client_body_timeout, site.client_write_timeout)
 
     def stream_opened(self) -> None:
         """

@@ -8,6 +8,9 @@ from __future__ import annotations
 import ipaddress
 from typing import Iterable, List, Optional, Sequence, Tuple
 
+from twisted.web.http import datetimeToString
+from twisted.web.http_headers import Headers
+
 HeaderList = List[Tuple[bytes, bytes]]
 
 # Lower-cased.  "Proxy-Connection" is not standard but clients still send
@@ -174,3 +177,46 @@ def client_from_forwarded_for(
         if not any(ip in network for network in trusted):
             return current
     return current
+
+
+try:
+    from twisted.web.http_headers import _nameEncoder
+
+    _canonical_name = _nameEncoder.encode
+except ImportError:  # pragma: no cover - a future Twisted without it
+    def _canonical_name(name: bytes) -> bytes:
+        return b"-".join(part.capitalize() for part in name.split(b"-"))
+
+
+def response_headers(headers) -> Headers:
+    """
+    The client-side L{Headers} for an upstream response head: hop-by-hop
+    headers (and those named in Connection) removed, order and repeats
+    kept, and a Date added if the backend sent none (RFC 9110 6.6.1).
+
+    Values are stored without Twisted's per-value sanitising: the upstream
+    parser already refused any head with a bare CR or LF, and this runs
+    for every response.
+    """
+    named = None
+    result: dict = {}
+    for name, value in headers:
+        lower = name.lower()
+        if lower in HOP_BY_HOP:
+            if lower == b"connection":
+                named = connection_tokens([value]) | (named or frozenset())
+            continue
+        canonical = _canonical_name(name)
+        values = result.get(canonical)
+        if values is None:
+            result[canonical] = [value]
+        else:
+            values.append(value)
+    if named:
+        for canonical in [c for c in result if c.lower() in named]:
+            del result[canonical]
+    if b"Date" not in result:
+        result[b"Date"] = [datetimeToString()]
+    out = Headers()
+    out._rawHeaders = result
+    return out

@@ -22,6 +22,12 @@ Failures, and what the client sees:
     byte sent); else 502;
   - no response head within C{response_timeout} of sending the request:
     504;
+  - a response body with no byte for C{upstream_read}: the client
+    connection is aborted (a truncated response), a passive failure;
+  - a whole request over C{request_timeout} (0: none): 504, or the client
+    cut off once a response is under way; the client-side waits
+    (C{client_body}, C{client_write}) are the site's (see
+    L{heimdall.proxy.timeouts});
   - a malformed response: 502, and that connection is closed;
   - the client goes away: the upstream connection is aborted, not pooled.
 A request whose response head was already sent to the client cannot get an
@@ -94,6 +100,8 @@ class BalancerResource(ReverseProxyResource):
         service: str = "default",
         queue=None,
         tunnel_idle: float = _TIMEOUTS.tunnel_idle,
+        upstream_read: float = _TIMEOUTS.upstream_read,
+        request_timeout: float = _TIMEOUTS.request,
     ) -> None:
         """
         @param service: the name of the service it serves, for the access
@@ -101,6 +109,11 @@ class BalancerResource(ReverseProxyResource):
         @param queue: a L{heimdall.proxy.queue.RequestQueue} over C{pool}
             where requests wait while every backend is at its
             C{max_connections}; None: they get 503 at once.
+        @param upstream_read: the longest gap between two reads of a
+            response body (then the client is cut off: a truncated
+            response, and a passive health failure).
+        @param request_timeout: the longest a whole request may take (0:
+            no limit); see L{heimdall.proxy.timeouts}.
         @param clock: times requests (the global reactor by default).
         @param reactor: connects to the backends when no C{upstream} is
             given (by default the C{clock}, which is then the reactor).
@@ -123,6 +136,7 @@ class BalancerResource(ReverseProxyResource):
         self.configure(
             retries=retries, retry_on=retry_on, response_timeout=response_timeout, tunnel_idle=tunnel_idle,
             max_body_bytes=max_body_bytes, trusted_proxies=trusted_proxies,
+            upstream_read=upstream_read, request_timeout=request_timeout,
         )
         # Limits retries to a share of live requests during an outage (see
         # heimdall.proxy.retry_budget); None: only `retries` limits them.
@@ -140,6 +154,7 @@ class BalancerResource(ReverseProxyResource):
     def configure(
         self, *, retries: int, retry_on: Sequence[str], response_timeout: float, tunnel_idle: float,
         max_body_bytes: int, trusted_proxies: Sequence,
+        upstream_read: float = _TIMEOUTS.upstream_read, request_timeout: float = _TIMEOUTS.request,
     ) -> None:
         """
         New settings for the requests that start from now on (a reload);
@@ -151,6 +166,7 @@ class BalancerResource(ReverseProxyResource):
         self.retries, self.retry_on = retries, frozenset(retry_on)
         self.response_timeout, self.tunnel_idle = response_timeout, tunnel_idle
         self.max_body_bytes, self.trusted_proxies = max_body_bytes, tuple(trusted_proxies)
+        self.upstream_read, self.request_timeout = upstream_read, request_timeout
 
     @property
     def reactor(self) -> Any:

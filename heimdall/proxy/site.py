@@ -43,6 +43,7 @@ from twisted.web.http import _ChunkedTransferDecoder, _MalformedChunkedDataError
 from heimdall.config.model import LimitsConfig, TimeoutsConfig
 from heimdall.proxy.body import RequestBody
 from heimdall.proxy.connections import ClientConnections
+from heimdall.proxy.timeouts import ExchangeTimer
 
 __all__ = ["HeimdallChannel", "HeimdallRequest", "HeimdallSite", "RequestBody", "framing_problem"]
 
@@ -189,6 +190,13 @@ class HeimdallRequest(server.Request):
     #: The L{IClientExchange} serving this request, while it does.
     exchange = None
 
+    def exchange_timer(self) -> ExchangeTimer:
+        """
+        The timer of the exchange serving this request: its connection's
+        (one for all the requests of an HTTP/1.1 connection).
+        """
+        return self.channel.exchange_timer()
+
     def process(self) -> None:
         """
         C{server.Request.process} without its per-request C{Server} and
@@ -250,6 +258,7 @@ class HeimdallChannel(http.HTTPChannel):
     _header_call = None
     _idle_last = 0.0
     _idle_call = None
+    _exchange_timer: Optional[ExchangeTimer] = None
 
     def connectionMade(self) -> None:
         site = self.site
@@ -407,6 +416,7 @@ class HeimdallChannel(http.HTTPChannel):
         if left > 0:
             self._header_call = self.callLater(left, self._check_header_deadline)
         else:
+            self.site.header_timeouts += 1
             self.reject(408, b"request head not received in time")
 
     # TimeoutMixin's idle timeout, made lazy the same way.
@@ -433,11 +443,26 @@ class HeimdallChannel(http.HTTPChannel):
         else:
             self.timeoutConnection()
 
+    def exchange_timer(self) -> ExchangeTimer:
+        """
+        The L{ExchangeTimer} of this connection's requests, one at a time
+        (HTTP/1.1 serves them in order): its call outlives each request.
+        """
+        timer = self._exchange_timer
+        if timer is None:
+            site = self.site
+            timer = self._exchange_timer = ExchangeTimer(
+                site.reactor, site.client_body_timeout, site.client_write_timeout, reusable=True
+            )
+        return timer
+
     def stop_timers(self) -> None:
         """
-        Cancel the header and idle timers (the connection closed, or now
-        belongs to another protocol: HTTP/2, a tunnel).
+        Cancel the header, idle and exchange timers (the connection closed,
+        or now belongs to another protocol: HTTP/2, a tunnel).
         """
+        if self._exchange_timer is not None:
+            self._exchange_timer.cancel()
         self._head_started = None
         for name in ("_header_call", "_idle_call"):
             call = getattr(self, name)
@@ -489,6 +514,8 @@ class HeimdallSite(server.Site):
         Client connections open now (HTTP/1.x and HTTP/2, tunnels included).
         """
         return len(self.connections)
+    #: Clients that got 408 for a head not received within header_timeout.
+    header_timeouts = 0
 
     def __init__(
         self,
@@ -501,6 +528,8 @@ class HeimdallSite(server.Site):
         max_body_bytes: Optional[int] = None,
         header_timeout: Optional[float] = None,
         idle_timeout: Optional[float] = None,
+        client_body_timeout: Optional[float] = None,
+        client_write_timeout: Optional[float] = None,
         reactor=None,
     ) -> None:
         super().__init__(
@@ -515,6 +544,9 @@ class HeimdallSite(server.Site):
         self.header_timeout = timeouts.client_header if header_timeout is None else header_timeout
         #: The open client connections (a graceful shutdown drains them).
         self.connections = ClientConnections()
+        # The exchanges' client-side waits (heimdall.proxy.timeouts).
+        self.client_body_timeout = timeouts.client_body if client_body_timeout is None else client_body_timeout
+        self.client_write_timeout = timeouts.client_write if client_write_timeout is None else client_write_timeout
 
     def log(self, request) -> None:
         pass

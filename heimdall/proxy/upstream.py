@@ -78,7 +78,7 @@ def _read_head(head: bytes) -> tuple:
     crlf = head.count(b"\r\n")
     if head.count(b"\r") != crlf or head.count(b"\n") != crlf:
         # A bare CR or LF: header values reach the client unsanitised
-        # (see heimdall.proxy.exchange.response_headers), so the head must
+        # (see heimdall.proxy.headers.response_headers), so the head must
         # be clean.
         raise _BadResponse("bare CR or LF in response head")
     lines = head.split(b"\r\n")

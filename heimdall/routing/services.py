@@ -99,6 +99,7 @@ class Service:
             retries=settings.retries, retry_on=settings.retry_on, response_timeout=timeouts.response,
             tunnel_idle=timeouts.tunnel_idle, max_body_bytes=config.limits.max_body_bytes,
             trusted_proxies=config.forwarded.trusted_proxies,
+            upstream_read=timeouts.upstream_read, request_timeout=timeouts.request,
         )
         budget, wanted = self.resource.retry_budget, settings.health.retry_budget
         if budget is not None:
@@ -154,6 +155,8 @@ def build_service(
         service=name,
         queue=queue,
         tunnel_idle=timeouts.tunnel_idle,
+        upstream_read=timeouts.upstream_read,
+        request_timeout=timeouts.request,
     )
     return Service(name, settings, pool, upstream, resource, health)
 

@@ -315,3 +315,27 @@ def test_a_connection_switched_to_http2_is_counted_until_it_closes():
     assert protocol._negotiatedProtocol == b"h2" and site.open_connections == 1
     protocol.connectionLost(Failure(ConnectionDone()))
     assert site.open_connections == 0
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_stalled_stream_is_reset_after_client_write_and_the_others_go_on(h2_proxy):
+    proxy, port, ca = h2_proxy(1, client_write_timeout=0.3)
+    size = 8 * 1024 * 1024
+
+    def run():
+        client = H2Client(port, ca)
+        try:
+            slow = client.request("GET", f"/bytes?n={size}")
+            client.stalled.add(slow)
+            client.wait(lambda: slow in client.ended)  # reset by heimdall
+            other = client.request("GET", "/echo")
+            client.wait(lambda: other in client.ended)
+            return client.streams[slow]["reset"], client.streams[other]["headers"][":status"]
+        finally:
+            client.close()
+
+    reset, status = yield _in_thread(run)
+    assert reset is not None and status == "200"
+    slow_record = [r for r in proxy.records if r.path.startswith(b"/bytes")][0]
+    assert slow_record.timeout == "client_write"
+    assert not proxy.upstream._connections or not any(c._paused for c in proxy.upstream._connections)
