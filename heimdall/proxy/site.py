@@ -307,6 +307,11 @@ class HeimdallChannel(http.HTTPChannel):
             return
         if line[-1:] == b"\r":
             line = line[:-1]
+        if b"\r" in line:
+            # A bare CR (RFC 9112 2.2): invalid, whatever Twisted's version
+            # would make of it.
+            self._respondToBadRequestAndDisconnect()
+            return
         if not self._in_head:
             if not line:
                 return super().lineReceived(line)  # tolerated empty line
