@@ -123,16 +123,24 @@ def parse_duration(value: Union[int, float, str]) -> float:
     @raise ValueError: for a negative, non-finite or unreadable value.
     """
     if is_number(value):
-        if not math.isfinite(value) or value < 0:
+        seconds = _as_float(value)
+        if not math.isfinite(seconds) or seconds < 0:
             raise ValueError(DURATION_PROBLEM)
-        return float(value)
+        return seconds
     if not isinstance(value, str):
         raise TypeError(DURATION_PROBLEM)
     match = _NUMBER_WITH_UNIT.fullmatch(value)
     unit = _DURATION_UNITS.get(match.group(2).lower()) if match else None
     if unit is None:
         raise ValueError(DURATION_PROBLEM)
-    return float(Fraction(match.group(1)) * unit)
+    return _as_float(Fraction(match.group(1)) * unit)
+
+
+def _as_float(value) -> float:
+    try:
+        return float(value)
+    except OverflowError:  # an integer or fraction too large for a float
+        raise ValueError(DURATION_PROBLEM) from None
 
 
 def parse_size(value: Union[int, str]) -> int:
@@ -372,9 +380,16 @@ def endpoint(value) -> Optional[str]:
     return None if normalised == value else ENDPOINT_PROBLEM
 
 
+def _finite(value) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer too large for a float
+        return False
+
+
 def seconds(allow_zero: bool) -> Check:
     def check(value):
-        if not is_number(value) or not math.isfinite(value):
+        if not is_number(value) or not _finite(value):
             return DURATION_PROBLEM
         if value < 0 or (value == 0 and not allow_zero):
             return "must not be negative" if allow_zero else "must be greater than 0"

@@ -554,6 +554,10 @@ def test_the_timeouts_keys_their_defaults_and_a_services_own():
     with pytest.raises(ConfigError) as info:
         parse_config({"timeouts": {"upstream_read": 0}})
     assert (info.value.path, info.value.problem) == ("timeouts.upstream_read", "must be greater than 0")
+    for huge in (10**400, "1" + "0" * 400 + "s"):  # too large for a float: an error, not an OverflowError
+        with pytest.raises(ConfigError) as info:
+            parse_config({"timeouts": {"request": huge}})
+        assert info.value.path == "timeouts.request"
     with pytest.raises(ConfigError) as info:
         parse_config({"services": {"api": {"timeouts": {"client_body": "1s"}}}})
     assert info.value.path == "services.api.timeouts.client_body"
