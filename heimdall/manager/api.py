@@ -247,7 +247,7 @@ ROUTES: Tuple[Route, ...] = (
         "/servers/update", ("POST",), "update",
         (
             'change a server (?port=N or ?id=): {"weight": N, "admin": "ready"|"draining"|"maintenance", '
-            '"backup": true|false}',
+            '"backup": true|false, "max_connections": N}',
         ),
         ("port", "id", "service"),
     ),
@@ -270,7 +270,7 @@ _BY_SERVER = next(route for route in ROUTES if route.path == "/servers/{server}"
 PUBLIC_PATHS = frozenset(route.path for route in ROUTES if route.handler == "dashboard")
 
 _ADD_FIELDS = ("url", "port", "weight", "backup")
-_UPDATE_FIELDS = ("weight", "admin", "backup")
+_UPDATE_FIELDS = ("weight", "admin", "backup", "max_connections")
 
 
 def openapi_document() -> Dict[str, Any]:
@@ -552,7 +552,8 @@ class ManagerApi:
         data = _json_object(body, True, _UPDATE_FIELDS)
         assert data is not None
         if not data:
-            raise ApiError(400, "nothing to change: give weight, admin or backup", {"known": list(_UPDATE_FIELDS)})
+            raise ApiError(400, "nothing to change: give weight, admin, backup or max_connections",
+                           {"known": list(_UPDATE_FIELDS)})
         weight = data.get("weight")
         if weight is not None and (not _is_int(weight) or not 0 <= weight <= 1000):
             raise _invalid("weight", "must be an integer from 0 to 1000")
@@ -566,11 +567,14 @@ class ManagerApi:
         backup = data.get("backup")
         if backup is not None and not isinstance(backup, bool):
             raise _invalid("backup", "must be true or false")
-        if "weight" in data and weight is None or "admin" in data and admin_text is None or (
-            "backup" in data and backup is None
-        ):
+        limit = data.get("max_connections")
+        if limit is not None and (not _is_int(limit) or not 0 <= limit <= 1000000):
+            raise _invalid("max_connections", "must be an integer from 0 (no limit) to 1000000")
+        if any(name in data and data[name] is None for name in _UPDATE_FIELDS):
             raise ApiError(400, "fields must not be null", {"problem": "null value"})
-        return await manager.update(actor, server_id, weight=weight, admin=admin, backup=backup)
+        return await manager.update(
+            actor, server_id, weight=weight, admin=admin, backup=backup, max_connections=limit
+        )
 
     def _index(self) -> Dict[str, Any]:
         lines = []

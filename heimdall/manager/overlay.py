@@ -68,7 +68,7 @@ def overlay(config_backends: Sequence[Any], state: Optional[State]) -> Overlay:
     config_ids = {entry.backend.id for entry in config_backends}
     members: List[MemberSpec] = []
     for entry in config_backends:
-        backend, backup, admin = entry.backend, entry.backup, AdminState.READY
+        backend, backup, admin, limit = entry.backend, entry.backup, AdminState.READY, entry.max_connections
         if backend.id in removed:
             _log.info("config backend {id} stays removed (removed through the manager)", id=backend.id)
             continue
@@ -80,7 +80,9 @@ def overlay(config_backends: Sequence[Any], state: Optional[State]) -> Overlay:
                 admin = AdminState(change.admin)
             if change.backup is not None:
                 backup = change.backup
-        members.append(MemberSpec(backend, admin, backup, entry.max_connections, from_config=True))
+            if change.max_connections is not None:
+                limit = change.max_connections
+        members.append(MemberSpec(backend, admin, backup, limit, from_config=True))
     if state is None:
         return Overlay(tuple(members), ())
     for stale in removed - config_ids:
@@ -95,7 +97,7 @@ def overlay(config_backends: Sequence[Any], state: Optional[State]) -> Overlay:
         if record.managed:
             to_start.append(record)
         else:
-            members.append(MemberSpec(record.backend, AdminState(record.admin), record.backup))
+            members.append(MemberSpec(record.backend, AdminState(record.admin), record.backup, record.max_connections))
     return Overlay(tuple(members), tuple(to_start))
 
 
@@ -122,10 +124,15 @@ def snapshot_state(
                 weight=weight if weight != config_entry.backend.weight else None,
                 admin=member.admin.value if member.admin is not AdminState.READY else None,
                 backup=info.backup if info.backup != config_entry.backup else None,
+                max_connections=(
+                    member.max_connections if member.max_connections != config_entry.max_connections else None
+                ),
             )
             if not change.is_empty:
                 changes.append(change)
             continue
-        servers.append(ServerRecord(member.backend.url, weight, info.backup, member.admin.value, info.managed))
+        servers.append(ServerRecord(
+            member.backend.url, weight, info.backup, member.admin.value, info.managed, member.max_connections
+        ))
     removed = tuple(backend_id for backend_id in config_entries if backend_id not in present)
     return State(tuple(servers), tuple(changes), removed, strategy)

@@ -201,13 +201,15 @@ class ServerManager:
                     return
                 problem = str(e).split("\n")[0]
                 _log.warn("could not restart {url} from the state file: {problem}", url=record.url, problem=problem)
-                self.pool.add(record.backend, AdminState(record.admin), record.backup)
+                self.pool.add(record.backend, AdminState(record.admin), record.backup, record.max_connections)
                 self.pool.set_health(record.id, Health.DOWN, f"could not be started: {problem}")
                 self._servers[record.id] = ServerInfo(record.id, record.port, managed=True, backup=record.backup)
                 self.supervisor.watch_down(record.port, problem)
                 continue
             self._reserved.discard(record.port)
-            self._register_spawned(server, record.weight, record.backup, AdminState(record.admin))
+            self._register_spawned(
+                server, record.weight, record.backup, AdminState(record.admin), record.max_connections
+            )
             _log.info("restored spawned backend {url} (pid {pid})", url=server.url, pid=server.pid)
 
     async def spawn_initial(self, count: int) -> List[ServerInfo]:
@@ -277,6 +279,7 @@ class ServerManager:
             "port": backend.port,
             "weight": backend.weight,
             "backup": info.backup,
+            "max_connections": member.max_connections,
             "source": "config" if info.from_config else "runtime",
             "managed": info.managed,
             "pid": info.pid if info.managed else None,
@@ -564,10 +567,10 @@ class ServerManager:
         return server
 
     def _register_spawned(
-        self, server: SpawnedServer, weight: int, backup: bool, admin: AdminState = AdminState.READY
+        self, server: SpawnedServer, weight: int, backup: bool, admin: AdminState = AdminState.READY, limit: int = 0
     ) -> ServerInfo:
         backend = Backend.from_url(server.url, weight)
-        self.pool.add(backend, admin, backup)
+        self.pool.add(backend, admin, backup, limit)
         # The ready check was its first health check, and it passed.
         self.pool.set_health(backend.id, Health.UP, "ready check passed")
         info = ServerInfo(

@@ -8,19 +8,20 @@ kept beside it, in C{manager.state_file}, as a JSON document::
       "version": 1,
       "servers": [
         {"url": "http://127.0.0.1:8081", "weight": 1, "backup": false,
-         "admin": "ready", "managed": true},
+         "admin": "ready", "managed": true, "max_connections": 8},
         {"url": "http://10.0.0.5:8080", "weight": 2, "backup": false,
          "admin": "draining", "managed": false}
       ],
-      "config_changes": [{"id": "10.0.0.7:8000", "weight": 5}],
+      "config_changes": [{"id": "10.0.0.7:8000", "weight": 5, "max_connections": 4}],
       "config_removed": ["10.0.0.6:8000"]
     }
 
   - C{servers}: the servers that are not in config.json: added through
     the manager, or spawned by heimdall (C{managed}, re-spawned on their
     port at start), in the order they were added;
-  - C{config_changes}: weight, admin state or backup flag of config.json
-    backends, where they differ from the file;
+  - C{config_changes}: weight, admin state, backup flag or
+    C{max_connections} of config.json backends, where they differ from
+    the file;
   - C{config_removed}: config.json backends removed through the manager,
     so that they stay removed after a restart.
 
@@ -101,6 +102,11 @@ def _optional(check):
     return validate
 
 
+def _check_limit(instance, attribute, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 1000000:
+        raise ValueError(f"{attribute.name} must be an integer from 0 to 1000000, not {value!r}")
+
+
 def _check_bool(instance, attribute, value) -> None:
     if not isinstance(value, bool):
         raise ValueError(f"{attribute.name} must be true or false, not {value!r}")
@@ -117,6 +123,8 @@ class ServerRecord:
     backup: bool = attrs.field(default=False, validator=_check_bool)
     admin: str = attrs.field(default="ready", validator=_check_admin)
     managed: bool = attrs.field(default=False, validator=_check_bool)
+    #: Requests in flight it may have at most (0: no limit).
+    max_connections: int = attrs.field(default=0, validator=_check_limit)
 
     @property
     def backend(self) -> Backend:
@@ -142,10 +150,11 @@ class ConfigChange:
     weight: Optional[int] = attrs.field(default=None, validator=_optional(_check_weight))
     admin: Optional[str] = attrs.field(default=None, validator=_optional(_check_admin))
     backup: Optional[bool] = attrs.field(default=None, validator=_optional(_check_bool))
+    max_connections: Optional[int] = attrs.field(default=None, validator=_optional(_check_limit))
 
     @property
     def is_empty(self) -> bool:
-        return self.weight is None and self.admin is None and self.backup is None
+        return self.weight is None and self.admin is None and self.backup is None and self.max_connections is None
 
 
 @attrs.frozen
@@ -178,12 +187,13 @@ def _record_json(record: ServerRecord) -> dict:
         "backup": record.backup,
         "admin": record.admin,
         "managed": record.managed,
+        **({"max_connections": record.max_connections} if record.max_connections else {}),
     }
 
 
 def _change_json(change: ConfigChange) -> dict:
     data: dict = {"id": change.id}
-    for name in ("weight", "admin", "backup"):
+    for name in ("weight", "admin", "backup", "max_connections"):
         value = getattr(change, name)
         if value is not None:
             data[name] = value
@@ -227,7 +237,9 @@ def parse_state(data: Any) -> State:
         seen = set()
         for index, item in enumerate(read_list(document.get("servers", []), "servers")):
             where = f"servers[{index}]"
-            fields = read_object(item, where, ("url", "weight", "backup", "admin", "managed"), required=("url",))
+            fields = read_object(
+                item, where, ("url", "weight", "backup", "admin", "managed", "max_connections"), required=("url",)
+            )
             record = build(ServerRecord, fields, where)
             if record.id in seen:
                 raise ReadError(f"{where}.url", f"{record.id} is listed twice")
@@ -236,7 +248,7 @@ def parse_state(data: Any) -> State:
         changes = []
         for index, item in enumerate(read_list(document.get("config_changes", []), "config_changes")):
             where = f"config_changes[{index}]"
-            fields = read_object(item, where, ("id", "weight", "admin", "backup"), required=("id",))
+            fields = read_object(item, where, ("id", "weight", "admin", "backup", "max_connections"), required=("id",))
             changes.append(build(ConfigChange, fields, where))
         removed = read_list(document.get("config_removed", []), "config_removed")
         for index, item in enumerate(removed):

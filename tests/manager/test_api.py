@@ -382,7 +382,7 @@ def test_update_weight_admin_and_backup(tmp_path):
     "raw, error",
     [
         (b"", "a JSON object body is required"),
-        (b"{}", "nothing to change: give weight, admin or backup"),
+        (b"{}", "nothing to change: give weight, admin, backup or max_connections"),
         (b'{"admin": "drain"}', 'admin: must be "ready", "draining" or "maintenance"'),
         (b'{"admin": 1}', 'admin: must be "ready", "draining" or "maintenance"'),
         (b'{"weight": null}', "fields must not be null"),

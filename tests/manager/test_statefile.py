@@ -200,3 +200,18 @@ def test_a_strategy_set_at_runtime_round_trips_and_a_bad_one_is_named():
     assert "strategy" not in dump_state(State())
     with pytest.raises(ValueError, match="strategy: must be an object"):
         parse_state({"version": 1, "strategy": "hash"})
+
+
+def test_connection_limits_round_trip(tmp_path):
+    path = str(tmp_path / "state.json")
+    state = State(
+        servers=[ServerRecord("http://10.0.0.5:8080", max_connections=8)],
+        config_changes=[ConfigChange("10.0.0.7:8000", max_connections=0)],
+    )
+    save_state(path, state)
+    assert load_state(path) == state
+    data = json.loads(open(path).read())
+    assert data["servers"][0]["max_connections"] == 8
+    assert data["config_changes"] == [{"id": "10.0.0.7:8000", "max_connections": 0}]
+    with pytest.raises(ValueError):
+        ServerRecord("http://127.0.0.1:8081", max_connections=-1)

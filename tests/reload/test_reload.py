@@ -267,3 +267,29 @@ def test_another_url_for_the_same_backend_replaces_it(tmp_path, start_backends, 
     yield until(reactor, lambda: running.service.pool.get(f"127.0.0.1:{a}") not in (None, old),
                 what="the new member")
     assert running.service.pool.get(f"127.0.0.1:{a}").backend.scheme == "https"
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_connection_limit_set_through_the_api_is_kept_and_survives_a_reload(
+    tmp_path, start_backends, run_from_file, http
+):
+    a, b = start_backends(2)
+    config = base_config(tmp_path, backends=[{"url": _url(a), "max_connections": 2}])
+    running = yield run_from_file(config)
+    code, _ = yield call(http, "POST", running.manager + "/servers/add", {"url": _url(b)})
+    assert code == 201
+    code, server = yield call(http, "POST", running.manager + f"/servers/update?port={a}", {"max_connections": 5})
+    assert code == 200 and server["max_connections"] == 5
+    code, server = yield call(http, "PATCH", running.manager + f"/servers/{b}", {"max_connections": 3})
+    assert code == 200 and server["max_connections"] == 3
+    code, error = yield call(http, "PATCH", running.manager + f"/servers/{b}", {"max_connections": -1})
+    assert code == 400 and error["detail"]["field"] == "max_connections"
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert state["config_changes"] == [{"id": f"127.0.0.1:{a}", "max_connections": 5}]
+    assert state["servers"][0]["max_connections"] == 3
+    # The state file's limit wins over the file's, on reload as at start.
+    running.write({**config, "backends": [{"url": _url(a), "max_connections": 4}]})
+    code, _ = yield call(http, "POST", running.manager + "/reload")
+    assert code == 200
+    pool = running.service.pool
+    assert (pool.get(f"127.0.0.1:{a}").max_connections, pool.get(f"127.0.0.1:{b}").max_connections) == (5, 3)
