@@ -49,6 +49,7 @@ from heimdall.observe.metrics import Metrics, exposition, observe_requests, undo
 from heimdall.observe.protection import ProtectionMetrics
 from heimdall.pool.pool import BackendPool
 from heimdall.proxy.h2 import H2_ENABLED, switching_channel_factory
+from heimdall.proxy.limits import ConnectionLimits
 from heimdall.proxy.resource import BalancerResource
 from heimdall.proxy.site import HeimdallSite
 from heimdall.proxy.upstream import UpstreamPool
@@ -144,6 +145,8 @@ class Proxy:
     router: Router
     site: HeimdallSite
     tls_site: Optional[HeimdallSite] = None
+    #: The client connections of both listeners (limits.max_connections, ...).
+    connection_limits: Optional[ConnectionLimits] = None
 
     @property
     def default(self) -> Service:
@@ -198,7 +201,8 @@ def build_proxy(config: Config, reactor: Any, backend_tls: Optional[Mapping[str,
     site = make_site()
     if config.h2c and H2_ENABLED:
         site.protocol = switching_channel_factory(cleartext=True)
-    return Proxy(services, access_log, router, site, tls_site)
+    limits = ConnectionLimits(config.limits.max_connections, config.limits.max_connections_per_client, reactor)
+    return Proxy(services, access_log, router, site, tls_site, limits)
 
 
 def build_spawner(manager_config: ManagerConfig, reactor: Any) -> ServerSpawner:
@@ -294,7 +298,7 @@ def build_metrics(
     edge = EdgeMetrics(metrics.registry, tls=tls, tunnels=[getattr(r, "tunnels", None) for r in resources])
     detach_edge = edge.attach(resources)
     # Timeouts and connection limits.
-    protection = ProtectionMetrics(metrics.registry, sites=[proxy.site, proxy.tls_site])
+    protection = ProtectionMetrics(metrics.registry, sites=[proxy.site, proxy.tls_site], limits=proxy.connection_limits)
     detach_protection = protection.attach([service.resource for service in proxy.services.values()])
 
     def attach_service(service: Service) -> Callable[[], None]:
@@ -453,9 +457,16 @@ class HeimdallService(service.MultiService):
             name: factory.start(service_, self.managers.get(name))
             for name, service_ in proxy.services.items() if name != DEFAULT_SERVICE
         }
-        self.listeners: Dict[str, Listener] = {"listen": Listener(reactor, self.site, config.listen, "proxy")}
+        # Both listeners count their connections in one ConnectionLimits,
+        # which pauses their ports at limits.max_connections.
+        limits = proxy.connection_limits
+        self.listeners: Dict[str, Listener] = {
+            "listen": Listener(reactor, limits.wrap(self.site), config.listen, "proxy", limits=limits)
+        }
         if self.tls is not None:
-            self.listeners["tls.listen"] = Listener(reactor, self.tls.wrap(self.tls_site), config.tls.listen, "TLS")
+            self.listeners["tls.listen"] = Listener(
+                reactor, self.tls.wrap(limits.wrap(self.tls_site)), config.tls.listen, "TLS", limits=limits
+            )
         self.reloader = Reloader(
             loaded if loaded is not None else LoadedConfig(config, loaded_at=reactor.seconds()),
             config_file, proxy, self.managers, factory, reactor, stops=stops, tls=self.tls, listeners=self.listeners,
@@ -590,6 +601,7 @@ class HeimdallService(service.MultiService):
         sites = [site for site in (self.site, self.tls_site) if site is not None]
         for listener in self.listeners.values():
             yield listener.stop()
+        self.proxy.connection_limits.close()
         yield self.shutdown.drain([], [site.connections for site in sites])
         self._detach_metrics()
         self._detach_live()

@@ -260,16 +260,27 @@ class TimeoutsConfig:
 @attrs.frozen
 class LimitsConfig:
     """
-    Request size limits, in bytes.
+    Request size limits, in bytes, and client connection limits.
 
     @ivar max_header_bytes: request line plus headers.
     @ivar max_uri_bytes: the request target; at most C{max_header_bytes}.
     @ivar max_body_bytes: the request body; 0 means unlimited.
+    @ivar max_connections: client connections open at once, on every
+        listener together; at the limit heimdall stops accepting (new
+        connections wait in the kernel's backlog, as with HAProxy's
+        C{maxconn}); 0 means unlimited.
+    @ivar max_connections_per_client: connections one source address may
+        hold at once; one more gets 429 with C{Retry-After: 1} and is
+        closed.  The TCP peer's address (not a trusted proxy's forwarded
+        one); 0, the default, means unlimited.
+    See L{heimdall.proxy.limits}.
     """
 
     max_header_bytes: int = size(32 * 1024)
     max_uri_bytes: int = size(8 * 1024)
     max_body_bytes: int = size(100 * 1024 * 1024, allow_zero=True)
+    max_connections: int = attrs.field(default=10000, validator=validator(integer(0, 10000000)))
+    max_connections_per_client: int = attrs.field(default=0, validator=validator(integer(0, 10000000)))
 
     def __attrs_post_init__(self) -> None:
         if self.max_uri_bytes > self.max_header_bytes:

@@ -37,6 +37,8 @@ class Listener:
 
     @ivar name: what it is, for the log (C{"proxy"}, C{"TLS"}).
     @ivar port: the listening port (None before L{listen} and after L{stop}).
+    @ivar limits: the L{heimdall.proxy.limits.ConnectionLimits} that
+        pauses its ports at C{limits.max_connections}, or None.
     """
 
     reactor: Any
@@ -44,6 +46,7 @@ class Listener:
     endpoint: str
     name: str
     port: Optional[Any] = None
+    limits: Optional[Any] = None
 
     def listen(self) -> Deferred:
         """
@@ -60,7 +63,19 @@ class Listener:
         Listen on C{endpoint} too (a reload's first step); fires with the
         new port, or fails (the address is taken, ...).
         """
-        return serverFromString(self.reactor, endpoint).listen(self.factory)
+        d = serverFromString(self.reactor, endpoint).listen(self.factory)
+        if self.limits is not None:
+            d.addCallback(self._watched)
+        return d
+
+    def _watched(self, port: Any) -> Any:
+        self.limits.add_port(port)
+        return port
+
+    def _unwatched(self, port: Any) -> Any:
+        if self.limits is not None:
+            self.limits.remove_port(port)
+        return port
 
     def commit(self, port: Any, endpoint: str) -> Deferred:
         """
@@ -69,14 +84,14 @@ class Listener:
         """
         old, self.port, self.endpoint = self.port, port, endpoint
         _log.info("heimdall {name} listening on {where} now", name=self.name, where=where(port))
-        return old.stopListening() if old is not None else succeed(None)
+        return self._unwatched(old).stopListening() if old is not None else succeed(None)
 
     def abandon(self, port: Any) -> Deferred:
         """
         Close C{port} from L{bind}: the reload it was for was refused.
         """
-        return port.stopListening()
+        return self._unwatched(port).stopListening()
 
     def stop(self) -> Deferred:
         port, self.port = self.port, None
-        return port.stopListening() if port is not None else succeed(None)
+        return self._unwatched(port).stopListening() if port is not None else succeed(None)
