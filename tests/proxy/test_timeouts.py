@@ -185,10 +185,13 @@ def test_a_one_shot_timer_cancels_its_call_when_stopped():
     assert clock.getDelayedCalls() == []
 
 
-def test_the_exchange_provides_ITimedExchange():
+def test_the_exchange_provides_ITimedExchange_and_IPushProducer():
+    from twisted.internet.interfaces import IPushProducer
+
     exchange = ProxyExchange.__new__(ProxyExchange)
     exchange.timeout = None
     assert verifyObject(ITimedExchange, exchange)
+    assert verifyObject(IPushProducer, exchange)  # the client's producer for the response body
 
 
 # --- through real sockets -------------------------------------------------------------
