@@ -379,6 +379,7 @@ class ProxyExchange:
             request.responseHeaders._rawHeaders[b"X-Request-Id"] = [self.request_id[0]]
         if self.rewrite is not None:
             self.rewrite.response_headers(request.responseHeaders)
+        _announce_close(request)
         observer = self.resource.pool.response_observer
         if observer is not None:
             observer.response_started(self.context, self.member, request)
@@ -603,6 +604,7 @@ class ProxyExchange:
         if retry_after is not None:
             request.responseHeaders.setRawHeaders(b"Retry-After", [b"%d" % retry_after])
         request.responseHeaders.setRawHeaders(b"Content-Length", [b"%d" % len(body)])
+        _announce_close(request)
         request.write(body)
         self._finish(code)
 
@@ -676,3 +678,17 @@ class ProxyExchange:
                 observer(record)
             except Exception:
                 _log.failure("request observer {observer!r} failed", observer=observer)
+
+
+def _announce_close(request) -> None:
+    """
+    Say C{Connection: close} in a response on an HTTP/1.x connection that
+    closes after it (the client asked, an HTTP/1.0 client, or heimdall is
+    draining): RFC 9112 9.6, as nginx and HAProxy do.  Twisted's channel set
+    it in C{checkPersistence}, but the exchange replaces the response
+    headers with the backend's.  An HTTP/2 stream has no C{persistent} and
+    must never carry a Connection header.
+    """
+    if not getattr(request.channel, "persistent", True):
+        request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+

@@ -10,7 +10,7 @@ import json
 import pytest_twisted
 
 from heimdall.backend import expected_bytes
-from tests.rawhttp import ScriptedBackend, raw_exchange
+from tests.rawhttp import ScriptedBackend, raw_connect, raw_exchange
 
 
 def _urls(ports):
@@ -199,3 +199,45 @@ def test_response_framings(reactor, tracked, start_proxy, http):
         response = yield http.get(proxy.url + path)
         assert response.code == 200
         assert (yield response.content()) == expected, path
+
+
+def _head_lines(raw: bytes) -> list:
+    return [line.lower() for line in raw.partition(b"\r\n\r\n")[0].split(b"\r\n")[1:]]
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_response_that_ends_the_connection_says_connection_close(reactor, start_backends, start_proxy):
+    # RFC 9112 9.6: wrk and other clients read it to know they must reconnect.
+    [port] = start_backends(1)
+    proxy = start_proxy(_urls([port]))
+    closing = yield raw_exchange(reactor, proxy.port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert closing.startswith(b"HTTP/1.1 200")
+    assert b"connection: close" in _head_lines(closing)
+    old = yield raw_exchange(reactor, proxy.port, b"GET / HTTP/1.0\r\n\r\n")
+    assert b"connection: close" in _head_lines(old)
+    # heimdall's own answers too (no backend matches this host's port: 502).
+    dead = start_proxy(["http://127.0.0.1:1"])
+    error = yield raw_exchange(reactor, dead.port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert error.startswith(b"HTTP/1.1 5")
+    assert b"connection: close" in _head_lines(error)
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_keep_alive_response_has_no_connection_header(reactor, start_backends, start_proxy):
+    from twisted.internet.task import deferLater
+
+    [port] = start_backends(1)
+    proxy = start_proxy(_urls([port]))
+    client = yield raw_connect(reactor, proxy.port)
+    try:
+        client.transport.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        for _ in range(500):
+            if b"\r\n\r\n" in client.received:
+                break
+            yield deferLater(reactor, 0.01, lambda: None)
+        assert client.received.startswith(b"HTTP/1.1 200")
+        assert not [line for line in _head_lines(client.received) if line.startswith(b"connection:")]
+        assert not client.closed.called  # still open: keep-alive
+    finally:
+        client.transport.abortConnection()
+        yield client.closed
