@@ -553,5 +553,16 @@ class HeimdallSite(server.Site):
         self.client_body_timeout = timeouts.client_body if client_body_timeout is None else client_body_timeout
         self.client_write_timeout = timeouts.client_write if client_write_timeout is None else client_write_timeout
 
+    def configure(self, limits: LimitsConfig, timeouts: TimeoutsConfig) -> None:
+        """
+        New limits and client timeouts (a reload): connections accepted
+        from now on take them; open ones keep what they started with.
+        """
+        self.max_uri_bytes, self.max_header_bytes = limits.max_uri_bytes, limits.max_header_bytes
+        self.max_body_bytes, self.header_timeout, self.timeout = (
+            limits.max_body_bytes, timeouts.client_header, timeouts.client_idle
+        )
+        self.client_body_timeout, self.client_write_timeout = timeouts.client_body, timeouts.client_write
+
     def log(self, request) -> None:
         pass

@@ -23,7 +23,7 @@ logged, and the running config stays.  A valid one is applied as a diff
 Runtime changes made through the manager (its state file) are laid over
 the new config exactly as at start-up (L{heimdall.manager.overlay}): a
 reload gives what a restart with the new file would give, without
-dropping a request.  The manager's own port and settings, logs, limits
+dropping a request.  The manager's own port and settings, logs, alerts
 and the other keys L{heimdall.reload.diff.ConfigDiff.restart_needed}
 lists need a restart: a reload logs that they changed.
 """
@@ -391,6 +391,9 @@ class Reloader:
         self.proxy.router.swap(
             Routing(RouteTable.compile(new.routes), {name: service.resource for name, service in services.items()})
         )
+        for site in (self.proxy.site, self.proxy.tls_site):
+            if site is not None:
+                site.configure(new.limits, new.timeouts)
         self.loaded = prepared.loaded
         for name, service, manager in retired:
             retiring = ensureDeferred(self._retire(name, service, manager))

@@ -28,7 +28,10 @@ SERVICE_SETTINGS = INHERITED + ("queue",)
 
 #: Top-level keys a reload applies (the others are listed in
 #: L{ConfigDiff.restart_needed} when they change).
-LIVE_KEYS = frozenset(SERVICE_SETTINGS) | {"listen", "backends", "services", "routes", "forwarded", "tls"}
+LIVE_KEYS = frozenset(SERVICE_SETTINGS) | {"listen", "backends", "services", "routes", "forwarded", "tls", "limits"}
+
+#: The listener's timeouts a reload applies (to connections accepted after it).
+SITE_TIMEOUTS = ("client_header", "client_idle", "client_body", "client_write")
 
 
 @attrs.frozen
@@ -107,7 +110,7 @@ def _restart_needed(old: Config, new: Config) -> Tuple[str, ...]:
         if getattr(old, name) != getattr(new, name):
             keys.append(name)
     for name in attrs.fields_dict(type(old.timeouts)):
-        if name not in SERVICE_TIMEOUTS and getattr(old.timeouts, name) != getattr(new.timeouts, name):
+        if name not in SERVICE_TIMEOUTS + SITE_TIMEOUTS and getattr(old.timeouts, name) != getattr(new.timeouts, name):
             keys.append(f"timeouts.{name}")
     if old.tls.enabled != new.tls.enabled:
         keys.append("tls.enabled")

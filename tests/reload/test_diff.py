@@ -61,13 +61,15 @@ def test_listeners_and_what_needs_a_restart():
         listen="tcp:8181:interface=127.0.0.1",
         manager={"listen": "tcp:9191:interface=127.0.0.1"},
         limits={"max_body_bytes": "1MB"},
-        timeouts={"client_idle": "20s", "connect": "1s"},
+        timeouts={"client_idle": "20s", "connect": "1s", "shutdown_grace": "5s"},
+        access_log={"enabled": False},
     )
     diff = diff_configs(old, new)
     assert diff.listeners == ("listen",)
-    assert diff.restart_needed == ("manager", "limits", "timeouts.client_idle")
+    # limits and client_idle apply on reload; these do not.
+    assert diff.restart_needed == ("manager", "access_log", "timeouts.shutdown_grace")
     assert [c.settings for c in diff.changed_services] == [("timeouts",)]
-    assert diff.as_dict()["restart_needed"] == ["manager", "limits", "timeouts.client_idle"]
+    assert diff.as_dict()["restart_needed"] == ["manager", "access_log", "timeouts.shutdown_grace"]
 
 
 def _spec(port, weight=1, **options):

@@ -293,3 +293,23 @@ def test_a_connection_limit_set_through_the_api_is_kept_and_survives_a_reload(
     assert code == 200
     pool = running.service.pool
     assert (pool.get(f"127.0.0.1:{a}").max_connections, pool.get(f"127.0.0.1:{b}").max_connections) == (5, 3)
+
+
+@pytest_twisted.inlineCallbacks
+def test_limits_apply_to_new_connections(tmp_path, start_backends, run_from_file, http):
+    (a,) = start_backends(1)
+    config = base_config(tmp_path, backends=[_url(a)])
+    running = yield run_from_file(config)
+    long_path = "/" + "x" * 600
+    response, _ = yield fetch(http, running.proxy + long_path)
+    assert response.code == 200
+    running.write({**config, "limits": {"max_uri_bytes": 256}})
+    code, report = yield call(http, "POST", running.manager + "/reload")
+    assert code == 200 and report["changes"]["restart_needed"] == []
+    client = socket.create_connection(("127.0.0.1", running.service.port.getHost().port), timeout=5)
+    try:
+        client.sendall(b"GET " + long_path.encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = yield _threaded(client.recv, 100)
+    finally:
+        client.close()
+    assert head.startswith(b"HTTP/1.1 414")
