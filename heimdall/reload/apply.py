@@ -33,7 +33,7 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 import attrs
-from twisted.internet.defer import Deferred, DeferredLock, ensureDeferred, gatherResults
+from twisted.internet.defer import Deferred, DeferredLock, ensureDeferred, gatherResults, succeed
 from twisted.logger import Logger
 
 from heimdall.clock import iso_timestamp
@@ -134,21 +134,19 @@ def apply_members(
     replaced = {spec.id for spec in diff.added} & set(diff.removed)
     for server_id in sorted(replaced):
         _background(manager.remove(RELOAD_ACTOR, server_id), f"removing {server_id}")
-    checking: List[str] = []
+    # Members still on their way in: back once their removal is over.
+    rejoining: List[Deferred] = []
     for spec in diff.added:
-        checking_ = checks_run and _checked(settings, spec.id)
+        checking = checks_run and _checked(settings, spec.id)
         leaving = manager.removal(spec.id)
         if leaving is None:
-            manager.add_member(spec, checking_)
+            manager.add_member(spec, checking)
         else:
-            def rejoin(_, spec=spec, checking_=checking_):
+            def rejoin(_, spec=spec, checking=checking):
                 if service.pool.get(spec.id) is None:
-                    manager.add_member(spec, checking_)
+                    manager.add_member(spec, checking)
 
-            _background(leaving.addBoth(rejoin), f"adding {spec.id}")
-        if checking_:
-            checking.append(spec.id)
-
+            rejoining.append(_background(leaving.addBoth(rejoin), f"adding {spec.id}"))
     leaving = [server_id for server_id in diff.removed if server_id not in replaced]
 
     def remove(_=None) -> None:
@@ -159,9 +157,18 @@ def apply_members(
             if service.pool.get(server_id) is not None:
                 _background(manager.remove(RELOAD_ACTOR, server_id), f"removing {server_id}")
 
-    if checking and leaving:
+    def new_ones_checked(_=None) -> Deferred:
+        # Every wanted member still waiting for its first check: this
+        # reload's and an earlier one's.
+        checking = [m.id for m in service.pool.members() if m.checking and m.id not in leaving]
+        if not checking:
+            return succeed(None)
+        return first_checks(service.pool, checking, _first_check_bound(settings, checking), clock)
+
+    pending = rejoining or any(m.checking for m in service.pool.members())
+    if leaving and pending:
         manager.leaving.update(leaving)
-        waiting = first_checks(service.pool, checking, _first_check_bound(settings, checking), clock)
+        waiting = gatherResults(rejoining).addCallback(new_ones_checked) if rejoining else new_ones_checked()
         _background(waiting.addCallback(remove), "removing backends")
     else:
         remove()

@@ -313,3 +313,29 @@ def test_limits_apply_to_new_connections(tmp_path, start_backends, run_from_file
     finally:
         client.close()
     assert head.startswith(b"HTTP/1.1 414")
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_backend_back_while_it_still_drains_takes_over_before_the_other_leaves(
+    tmp_path, start_backends, run_from_file, http, reactor
+):
+    a, b = start_backends(2)
+    config = base_config(tmp_path, backends=[_url(b)])
+    running = yield run_from_file(config)
+    pool = running.service.pool
+    slow = fetch(http, running.proxy + "/delay?ms=800")
+    yield until(reactor, lambda: pool.get(f"127.0.0.1:{b}").in_flight == 1, what="in flight on b")
+    running.write({**config, "backends": [_url(a)]})
+    code, _ = yield call(http, "POST", running.manager + "/reload")
+    assert code == 200
+    yield until(reactor, lambda: pool.get(f"127.0.0.1:{a}").health.value == "up", what="a checked")
+    # b is still draining (its request runs on) when the config wants it back.
+    running.write({**config, "backends": [_url(b)]})
+    code, _ = yield call(http, "POST", running.manager + "/reload")
+    assert code == 200
+    # a serves until b is back and checked: no request fails meanwhile.
+    assert (yield _backends_seen(http, running.proxy, 5)) == [f"127.0.0.1:{a}"] * 5
+    response, _ = yield slow
+    assert response.code == 200
+    yield until(reactor, lambda: pool.get(f"127.0.0.1:{a}") is None, what="a removed")
+    assert (yield _backends_seen(http, running.proxy, 3)) == [f"127.0.0.1:{b}"] * 3
