@@ -64,6 +64,7 @@ __all__ = [
     "Preflight",
     "Proxy",
     "build_manager",
+    "attach_live",
     "build_live",
     "build_manager_site",
     "build_managers",
@@ -353,24 +354,33 @@ def build_live(
     proxy: Proxy, reactor: Any, started_at: float, generation: Callable[[], int] = lambda: 1
 ) -> Tuple[LiveFeed, Callable[[], None]]:
     """
-    The live feed (C{GET /events}, the dashboard) over every service at
-    start, and the function that detaches it from the requests.
+    The live feed (C{GET /events}, the dashboard), hearing every request
+    through the router, and the function that detaches it.  Services join
+    it through L{attach_live}, at start and on reload.
     C{generation}: the config's (L{heimdall.reload.apply.Reloader}).
     """
     sites = [site for site in (proxy.site, proxy.tls_site) if site is not None]
     live = LiveFeed(
         reactor,
-        {name: service_.pool for name, service_ in proxy.services.items()},
+        {},
         open_connections=lambda: sum(site.open_connections for site in sites),
         generation=generation,
         started_at=started_at,
     )
     undo: list = []
-    for resource in [proxy.router] + [service_.resource for service_ in proxy.services.values()]:
-        observe_requests(resource, live.stats.observe, undo)
-    for name, service_ in proxy.services.items():
-        live.watch_alerts(name, service_.health.alerts)
+    observe_requests(proxy.router, live.stats.observe, undo)
     return live, lambda: undo_all(undo)
+
+
+def attach_live(live: LiveFeed, service_: Service) -> Callable[[], None]:
+    """
+    Show C{service_} in C{live}: its requests, pool events and alerts;
+    returns the function that takes it out again.
+    """
+    undo: List[Callable[[], None]] = []
+    observe_requests(service_.resource, live.stats.observe, undo)
+    undo.append(live.add_service(service_.name, service_.pool, service_.health.alerts))
+    return lambda: undo_all(undo)
 
 
 def build_manager_site(
@@ -450,7 +460,17 @@ class HeimdallService(service.MultiService):
         self.metrics, self._detach_metrics, attach_metrics = build_metrics(
             config, proxy, self.spawner, self.manager, self.tls
         )
-        factory = build_service_factory(self, attach_metrics)
+        self.live, detach_live = build_live(
+            proxy, reactor, self.manager.started_at, generation=lambda: self.reloader.generation
+        )
+        detach_default_live = attach_live(self.live, proxy.default)
+        self._detach_live = lambda: (detach_default_live(), detach_live())
+
+        def attach_observers(service_: Service) -> Callable[[], None]:
+            undo = [attach_metrics(service_), attach_live(self.live, service_)]
+            return lambda: undo_all(undo)
+
+        factory = build_service_factory(self, attach_observers)
         # Active checks, outlier detection, alerts and metrics of every service.
         proxy.default.health.setServiceParent(self)
         stops = {
@@ -470,9 +490,6 @@ class HeimdallService(service.MultiService):
         self.reloader = Reloader(
             loaded if loaded is not None else LoadedConfig(config, loaded_at=reactor.seconds()),
             config_file, proxy, self.managers, factory, reactor, stops=stops, tls=self.tls, listeners=self.listeners,
-        )
-        self.live, self._detach_live = build_live(
-            proxy, reactor, self.manager.started_at, generation=lambda: self.reloader.generation
         )
         self.manager_resource, self.manager_site = build_manager_site(
             self.managers, self.preflight_result.token, self.metrics, reactor, self.live, self.reloader

@@ -351,7 +351,7 @@ class LiveFeed:
     """
 
     clock: IReactorTime
-    pools: Mapping[str, BackendPool]
+    pools: Dict[str, BackendPool] = attrs.field(converter=dict)
     stats: LiveStats = attrs.field(factory=LiveStats)
     open_connections: Callable[[], int] = lambda: 0
     generation: Callable[[], int] = lambda: 1
@@ -362,6 +362,7 @@ class LiveFeed:
     _recent: Deque[Dict[str, Any]] = attrs.field(init=False, factory=lambda: collections.deque(maxlen=RECENT))
     _history: Deque[Dict[str, Any]] = attrs.field(init=False, factory=lambda: collections.deque(maxlen=HISTORY))
     _undo: List[Callable[[], None]] = attrs.field(init=False, factory=list)
+    _unsubscribe: Dict[str, Callable[[], None]] = attrs.field(init=False, factory=dict)
     _loop: Optional[LoopingCall] = attrs.field(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:
@@ -374,7 +375,7 @@ class LiveFeed:
 
     # -- wiring -----------------------------------------------------------------
 
-    def watch_alerts(self, service: str, dispatcher: Any) -> None:
+    def watch_alerts(self, service: str, dispatcher: Any) -> Callable[[], None]:
         """
         Hear the alerts C{dispatcher} (an L{AlertDispatcher}) sends.
         """
@@ -384,13 +385,44 @@ class LiveFeed:
             self._alert(service, document)
 
         observers.append(observer)
-        self._undo.append(lambda: observers.remove(observer))
+
+        def forget() -> None:
+            if observer in observers:
+                observers.remove(observer)
+
+        self._undo.append(forget)
+        return forget
+
+    def add_service(self, name: str, pool: BackendPool, alerts: Any = None) -> Callable[[], None]:
+        """
+        Follow a service that came after the start (a reload added it):
+        its pool's events and C{alerts} (its L{AlertDispatcher}) from now
+        on.  Returns the function that forgets it again (the reload
+        removed it).
+        """
+        self.pools[name] = pool
+        undo_alerts = self.watch_alerts(name, alerts) if alerts is not None else (lambda: None)
+        if self._loop is not None:
+            self._subscribe(name, pool)
+
+        def forget() -> None:
+            undo_alerts()
+            unsubscribe = self._unsubscribe.pop(name, None)
+            if unsubscribe is not None:
+                unsubscribe()
+            if self.pools.get(name) is pool:
+                del self.pools[name]
+
+        return forget
+
+    def _subscribe(self, name: str, pool: BackendPool) -> None:
+        self._unsubscribe[name] = pool.subscribe(lambda event: self._pool_event(name, pool, event))
 
     def start(self) -> None:
         if self._loop is not None:
             return
         for name, pool in self.pools.items():
-            self._undo.append(pool.subscribe(lambda event, name=name, pool=pool: self._pool_event(name, pool, event)))
+            self._subscribe(name, pool)
         self._loop = LoopingCall(self.tick)
         self._loop.clock = self.clock
         self._loop.start(self.interval, now=False)
@@ -401,6 +433,9 @@ class LiveFeed:
         """
         while self._undo:
             self._undo.pop()()
+        for unsubscribe in self._unsubscribe.values():
+            unsubscribe()
+        self._unsubscribe.clear()
         if self._loop is not None:
             if self._loop.running:
                 self._loop.stop()

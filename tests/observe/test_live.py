@@ -250,3 +250,34 @@ def test_what_counts_as_an_error(status, error):
     stats.observe(Record(status=status))
     stats.roll([])
     assert stats.total.summary(1)["errors"] == int(error)
+
+
+def test_a_service_added_after_the_start_is_followed_until_it_is_forgotten():
+    # A reload adds and removes services while the feed runs.
+    clock = Clock()
+    feed = LiveFeed(clock, {"default": _pool(clock, 8081)})
+    feed.start()
+    chunks = []
+    feed.subscribe(chunks.append, lambda *a: None)
+    api = _pool(clock)
+    dispatcher = AlertDispatcher(api, clock, flap_window=0)
+    dispatcher.start()
+    forget = feed.add_service("api", api, dispatcher)
+    api.add(Backend("http", "127.0.0.1", 9091))
+    api.set_health("127.0.0.1:9091", Health.UP, "HTTP 200")
+    api.set_health("127.0.0.1:9091", Health.DOWN, "connect refused")
+    clock.advance(1)
+    messages = _messages(chunks)
+    assert "api" in [data["service"] for event, data in messages if event == "pool"]
+    assert "api" in [data["service"] for event, data in messages if event == "alert"]
+    assert [row["id"] for row in feed.sample()["services"]["api"]] == ["127.0.0.1:9091"]
+    forget()
+    del chunks[:]
+    api.set_health("127.0.0.1:9091", Health.UP, "HTTP 200")
+    clock.advance(1)
+    messages = _messages(chunks)
+    assert [event for event, _ in messages] == ["stats"]
+    assert "api" not in feed.sample()["services"]
+    assert dispatcher.alert_observers == []
+    feed.stop()
+    dispatcher.stop()

@@ -176,6 +176,10 @@ def test_services_come_and_go_and_settings_apply(tmp_path, start_backends, run_f
     yield until(reactor, lambda: running.service.proxy.services["blue"].pool.get(f"127.0.0.1:{b}").health.value
                 == "up", what="blue checked")
     assert (yield _backends_seen(http, running.proxy, 2, host="blue.test")) == [f"127.0.0.1:{b}"] * 2
+    # The live feed (GET /events, the dashboard) follows the new service.
+    live = running.service.live
+    assert [row["id"] for row in live.sample()["services"]["blue"]] == [f"127.0.0.1:{b}"]
+    assert "blue" in [e.get("service") for e in live.snapshot()["events"] if e["type"] == "pool"]
     code, services = yield call(http, "GET", running.manager + "/services")
     assert {s["name"]: s["strategy"] for s in services} == {"default": "random", "blue": "least_connections"}
     code, _ = yield call(http, "GET", running.manager + "/servers/list?service=blue")
@@ -189,6 +193,7 @@ def test_services_come_and_go_and_settings_apply(tmp_path, start_backends, run_f
     assert code == 404
     yield until(reactor, lambda: not running.service.proxy.services.get("blue") and "blue" not in
                 running.service.reloader.stops, what="blue stopped")
+    assert "blue" not in live.sample()["services"]
 
 
 @pytest_twisted.inlineCallbacks
