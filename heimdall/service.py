@@ -25,7 +25,8 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
 from heimdall.clock import maybe_global_reactor
-from heimdall.config.model import Config, ManagerConfig
+from heimdall.config.manager import ManagerConfig
+from heimdall.config.model import Config
 from heimdall.config.services import DEFAULT_SERVICE, ServiceConfig, service_configs
 from heimdall.lifecycle.shutdown import GracefulShutdown
 from heimdall.lifecycle.signals import ProcessSignals
@@ -460,33 +461,14 @@ class HeimdallService(service.MultiService):
         self.metrics, self._detach_metrics, attach_metrics = build_metrics(
             config, proxy, self.spawner, self.manager, self.tls
         )
-        self.live, detach_live = build_live(
-            proxy, reactor, self.manager.started_at, generation=lambda: self.reloader.generation
-        )
-        detach_default_live = attach_live(self.live, proxy.default)
-        self._detach_live = lambda: (detach_default_live(), detach_live())
-
-        def attach_observers(service_: Service) -> Callable[[], None]:
-            undo = [attach_metrics(service_), attach_live(self.live, service_)]
-            return lambda: undo_all(undo)
-
-        factory = build_service_factory(self, attach_observers)
+        factory = build_service_factory(self, self._build_live(attach_metrics))
         # Active checks, outlier detection, alerts and metrics of every service.
         proxy.default.health.setServiceParent(self)
         stops = {
             name: factory.start(service_, self.managers.get(name))
             for name, service_ in proxy.services.items() if name != DEFAULT_SERVICE
         }
-        # Both listeners count their connections in one ConnectionLimits,
-        # which pauses their ports at limits.max_connections.
-        limits = proxy.connection_limits
-        self.listeners: Dict[str, Listener] = {
-            "listen": Listener(reactor, limits.wrap(self.site), config.listen, "proxy", limits=limits)
-        }
-        if self.tls is not None:
-            self.listeners["tls.listen"] = Listener(
-                reactor, self.tls.wrap(limits.wrap(self.tls_site)), config.tls.listen, "TLS", limits=limits
-            )
+        self.listeners = self._build_listeners(config)
         self.reloader = Reloader(
             loaded if loaded is not None else LoadedConfig(config, loaded_at=reactor.seconds()),
             config_file, proxy, self.managers, factory, reactor, stops=stops, tls=self.tls, listeners=self.listeners,
@@ -502,6 +484,39 @@ class HeimdallService(service.MultiService):
             reactor, on_hangup=self.reloader.hangup, on_reopen_logs=self.reopen_logs,
             on_second_stop=self.shutdown.cut_short,
         )
+
+    def _build_listeners(self, config: Config) -> Dict[str, Listener]:
+        """
+        The proxy's listeners by their config key.  Both count their
+        connections in one ConnectionLimits, which pauses their ports at
+        C{limits.max_connections}.
+        """
+        limits = self.proxy.connection_limits
+        listeners = {"listen": Listener(self.reactor, limits.wrap(self.site), config.listen, "proxy", limits=limits)}
+        if self.tls is not None:
+            listeners["tls.listen"] = Listener(
+                self.reactor, self.tls.wrap(limits.wrap(self.tls_site)), config.tls.listen, "TLS", limits=limits
+            )
+        return listeners
+
+    def _build_live(
+        self, attach_metrics: Callable[[Service], Callable[[], None]]
+    ) -> Callable[[Service], Callable[[], None]]:
+        """
+        The live feed with the default service in it; returns how a
+        service (at start or on reload) joins the metrics and the feed.
+        """
+        self.live, detach_live = build_live(
+            self.proxy, self.reactor, self.manager.started_at, generation=lambda: self.reloader.generation
+        )
+        detach_default = attach_live(self.live, self.proxy.default)
+        self._detach_live = lambda: (detach_default(), detach_live())
+
+        def attach_observers(service_: Service) -> Callable[[], None]:
+            undo = [attach_metrics(service_), attach_live(self.live, service_)]
+            return lambda: undo_all(undo)
+
+        return attach_observers
 
     @property
     def config(self) -> Config:

@@ -43,7 +43,7 @@ class RestartPolicy:
     @classmethod
     def from_config(cls, restart: Any) -> "RestartPolicy":
         """
-        From a L{heimdall.config.model.RestartConfig}.
+        From a L{heimdall.config.manager.RestartConfig}.
         """
         return cls(
             policy=restart.policy,
