@@ -84,21 +84,23 @@ $(PYPY_STAMP): $(PYPY) pyproject.toml
 # What the PyPy tests need on top.  Twisted 26.4.0 (the newest for Python
 # 3.9) asks for pyOpenSSL>=25.2, which needs a cryptography that PyPI has no
 # PyPy 3.9 wheel for; so the TLS stack stays at the last versions with
-# wheels (cryptography 43.0.3, pyOpenSSL 25.1.0: the data-path tests use no
-# TLS) and treq comes without its twisted[tls] requirement (with it, pip
+# wheels (cryptography 43.0.3, pyOpenSSL 25.1.0, enough for heimdall's TLS
+# and the tests' trustme certificates) and treq comes without its twisted[tls] requirement (with it, pip
 # backtracks for minutes down to treq 15).
 PYPY_TEST_DEPS = $(PYPY_DEPS) 'cryptography==43.0.3' 'pyopenssl==25.1.0' service_identity idna \
-  hyperlink incremental multipart typing_extensions pytest pytest-twisted hypothesis websockets h11
+  hyperlink incremental multipart typing_extensions pytest pytest-twisted hypothesis websockets h11 \
+  h2 priority trustme
 PYPY_TEST_STAMP = $(PYPY_VENV)/.test-installed-$(shell echo "$(PYPY_TEST_DEPS)" | cksum | cut -d' ' -f1)
 $(PYPY_TEST_STAMP): $(PYPY_STAMP)
 	$(PYPY_PIP) install $(PYPY_TEST_DEPS)
 	$(PYPY_PIP) install --no-deps treq
 	rm -f $(PYPY_VENV)/.test-installed-* && touch $@
 
-# The data path (proxy, pool, strategies, health checks, failover) again on
+# The data path (proxy, pool, strategies, health checks, failover, TLS and
+# HTTP/2, graceful shutdown) again on
 # PyPy 3.9, Debian's pypy3; its time is printed at the end.  Tests marked
 # cpython_only (a dependency the PyPy venv lacks) are deselected there.
-PYPY_TESTS ?= tests/proxy tests/pool tests/strategies tests/health
+PYPY_TESTS ?= tests/proxy tests/pool tests/strategies tests/health tests/tls tests/lifecycle
 test-pypy: $(PYPY_TEST_STAMP)
 	@start=$$(date +%s); \
 	PATH="$(CURDIR)/$(PYPY_VENV)/bin:$$PATH" HEIMDALL_TEST_STRICT=1 $(PYPY) -m pytest -q \

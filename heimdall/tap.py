@@ -32,8 +32,7 @@ class Options(usage.Options):
             loaded = config_file.load(time.time)
             config = loaded.config
         except ConfigError as e:
-            # twistd prints this and exits non-zero: heimdall refuses to start.
-            raise usage.UsageError(f"invalid configuration: {e}") from None
+            _refuse(f"invalid configuration: {e}")
         # Imported here, not at the top: twisted.web.proxy (under
         # heimdall.service) imports the global reactor, and twistd imports
         # this module before it installs the reactor chosen by --reactor.
@@ -44,14 +43,23 @@ class Options(usage.Options):
             # checked here too, so that a problem is one clear line.
             preflight_result = preflight(config)
         except ConfigError as e:
-            raise usage.UsageError(f"invalid configuration: {e}") from None
+            _refuse(f"invalid configuration: {e}")
         except StateFileError as e:
-            raise usage.UsageError(f"cannot start: {e}") from None
+            _refuse(f"cannot start: {e}")
         self.heimdall_config = config
         self.heimdall_preflight = preflight_result
         # Read again on SIGHUP and POST /reload, with the same overrides.
         self.heimdall_config_file = config_file
         self.heimdall_loaded = loaded
+
+
+def _refuse(problem: str) -> None:
+    """
+    heimdall refuses to start: the problem on stderr, exit status 1.  Not
+    a C{UsageError}: twistd prints those with its whole usage text, and
+    Twisted 26.4 (the newest on PyPy 3.9) then exits with status 0.
+    """
+    raise SystemExit(f"heimdall: {problem}")
 
 
 def makeService(options: Options):

@@ -281,7 +281,6 @@ def test_a_client_over_its_limit_gets_429_with_retry_after(reactor, limited):
         yield client.closed
 
 
-@pytest.mark.cpython_only  # trustme, for the certificates
 @pytest_twisted.inlineCallbacks
 def test_per_client_429_and_the_count_on_the_tls_port(reactor, limited, tmp_path):
     import trustme
