@@ -7,6 +7,7 @@
 # pair runs the harness twice, old then new (then new first in the next pair,
 # so neither always goes first), each time with aiohttp as a fixed reference
 # in the same invocation: --lb aiohttp --dist-n 0 --lat-rate 0 --conns 16,64.
+# AB_EXTRA adds harness options (e.g. --repeat, --duration).
 # Results: benchmarks/results/<stamp>-ab/{old,new}-pN/, and a table from
 # ab_report.py.
 set -euo pipefail
@@ -26,7 +27,7 @@ mkdir -p "$out"
 echo "old $(git -C "$old_dir" rev-parse --short HEAD)  new $(git -C "$repo" rev-parse --short HEAD)" | tee "$out/revs.txt"
 run() {  # label dir pair
   "$bench" --lb aiohttp --dist-n 0 --lat-rate 0 --conns 16,64 \
-    --lb-cmd "$2/benchmarks/heimdall-lb.sh" --lb-name "heimdall-$1" --out "$out/$1-p$3"
+    --lb-cmd "$2/benchmarks/heimdall-lb.sh" --lb-name "heimdall-$1" --out "$out/$1-p$3" ${AB_EXTRA:-}
 }
 for ((p = 1; p <= pairs; p++)); do
   if ((p % 2)); then run old "$old_dir" $p; run new "$repo" $p
