@@ -33,6 +33,7 @@ import json
 import os
 import re
 import resource
+import shutil
 import signal
 import statistics
 import subprocess
@@ -267,6 +268,7 @@ class Run:
 
     def cleanup(self) -> None:
         self.procs.stop_all()
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def summarize(out) -> str:
