@@ -29,6 +29,7 @@ __all__ = [
     "load_key",
     "load_pem_certificates",
     "use",
+    "use_certificate",
 ]
 
 
@@ -157,3 +158,17 @@ def use(setter: Callable[[Any], None], value: Any, legacy: Callable[[Any], Any])
         setter(value)
     except TypeError:
         setter(legacy(value))
+
+
+def use_certificate(context: Any, certificate: LoadedCertificate) -> None:
+    """
+    Give an OpenSSL context C{certificate} with its key and intermediates
+    (a server's certificate, or a client certificate for mutual TLS).
+    """
+    from OpenSSL import crypto
+
+    use(context.use_certificate, certificate.certificate, crypto.X509.from_cryptography)
+    use(context.use_privatekey, certificate.key, crypto.PKey.from_cryptography_key)
+    for intermediate in certificate.chain:
+        use(context.add_extra_chain_cert, intermediate, crypto.X509.from_cryptography)
+    context.check_privatekey()

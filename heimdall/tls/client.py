@@ -55,6 +55,7 @@ from heimdall.tls.certificates import (
     load_certificate,
     load_pem_certificates,
     use,
+    use_certificate,
 )
 
 __all__ = ["BackendTls", "ClientTlsSettings", "load_backend_tls", "load_settings", "verify_error_text"]
@@ -148,13 +149,8 @@ def _context(settings: ClientTlsSettings) -> SSL.Context:
             use(store.add_cert, certificate, crypto.X509.from_cryptography)
     elif settings.verifies:
         context.set_default_verify_paths()
-    client = settings.client
-    if client is not None:
-        use(context.use_certificate, client.certificate, crypto.X509.from_cryptography)
-        use(context.use_privatekey, client.key, crypto.PKey.from_cryptography_key)
-        for intermediate in client.chain:
-            use(context.add_extra_chain_cert, intermediate, crypto.X509.from_cryptography)
-        context.check_privatekey()
+    if settings.client is not None:
+        use_certificate(context, settings.client)
     return context
 
 
@@ -190,15 +186,22 @@ class _Creator:
     context: SSL.Context
     name: str
     verify: bool
+    # Worked out once per backend, not per connection.
+    is_ip: bool = attrs.field(init=False)
+
+    @is_ip.default
+    def _is_ip_default(self) -> bool:
+        return _is_ip(self.name)
 
     def clientConnectionForTLS(self, tls_protocol: Any) -> SSL.Connection:
         connection = SSL.Connection(self.context, None)
         connection.set_app_data(tls_protocol)
-        is_ip = _is_ip(self.name)
-        if not is_ip:
+        if not self.is_ip:
             connection.set_tlsext_host_name(self.name.encode("idna"))
         if self.verify:
-            connection.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, _verifier(tls_protocol, self.name, is_ip))
+            connection.set_verify(
+                SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, _verifier(tls_protocol, self.name, self.is_ip)
+            )
         else:
             connection.set_verify(SSL.VERIFY_NONE)
         connection.set_connect_state()

@@ -28,7 +28,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from heimdall.config.tls import TlsConfig
-from heimdall.tls.certificates import LoadedCertificate, load_certificate, use as _use
+from heimdall.tls.certificates import LoadedCertificate, load_certificate, use_certificate
 
 __all__ = ["ServerTls", "alpn_protocols", "load_certificates"]
 
@@ -76,17 +76,11 @@ def load_certificates(config: TlsConfig, now: datetime.datetime, source: str = "
 
 
 def _context(certificate: LoadedCertificate, min_version: str, protocols: Sequence[bytes]) -> SSL.Context:
-    from OpenSSL import crypto
-
     context = SSL.Context(SSL.TLS_SERVER_METHOD)
     context.set_min_proto_version(_MIN_VERSIONS[min_version])
     context.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE)
     context.set_session_id(_SESSION_ID)
-    _use(context.use_certificate, certificate.certificate, crypto.X509.from_cryptography)
-    _use(context.use_privatekey, certificate.key, crypto.PKey.from_cryptography_key)
-    for intermediate in certificate.chain:
-        _use(context.add_extra_chain_cert, intermediate, crypto.X509.from_cryptography)
-    context.check_privatekey()
+    use_certificate(context, certificate)
     offered = tuple(protocols)
 
     def select(connection, client_protocols):
