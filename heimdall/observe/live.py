@@ -138,11 +138,16 @@ class RequestWindow:
         self._slots = collections.deque(maxlen=self.size)
 
     def record(self, seconds: float, error: bool) -> None:
+        self.record_bucket(_bucket(seconds), error)
+
+    def record_bucket(self, bucket: int, error: bool) -> None:
+        """
+        L{record} with the latency bucket already computed (L{_bucket}).
+        """
         current = self._current
         current.requests += 1
         if error:
             current.errors += 1
-        bucket = _bucket(seconds)
         current.latency[bucket] = current.latency.get(bucket, 0) + 1
 
     def roll(self) -> None:
@@ -190,16 +195,17 @@ class LiveStats:
     _backends: Dict[Tuple[str, str], RequestWindow] = attrs.field(init=False, factory=dict)
 
     def observe(self, record: Any) -> None:
-        seconds = record.total_time
+        # One bucket (a math.log) per request, for both windows.
+        bucket = _bucket(record.total_time)
         error = record.status >= 500
-        self.total.record(seconds, error)
+        self.total.record_bucket(bucket, error)
         backend = record.backend
         if backend is not None:
             key = (record.service or "default", backend)
             window = self._backends.get(key)
             if window is None:
                 window = self._backends[key] = RequestWindow(WINDOW)
-            window.record(seconds, error)
+            window.record_bucket(bucket, error)
 
     def roll(self, keep: Iterable[Tuple[str, str]]) -> None:
         """
