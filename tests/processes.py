@@ -42,6 +42,21 @@ def free_base(n: int) -> int:
     raise RuntimeError("no free port range")
 
 
+def wait_until(predicate, timeout: float, interval: float = 0.02, what: str = "condition"):
+    """
+    C{predicate()}'s first true value, polled every C{interval} s; fails
+    naming C{what} if none comes within C{timeout} s.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not met within {timeout} s")
+        time.sleep(interval)
+
+
 class HeimdallProcess:
     """
     One twistd heimdall running in C{directory} (its working directory, where

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from tests.browser import open_browser, require_browser
-from tests.processes import free_base
+from tests.processes import free_base, wait_until as _wait
 from tests.netutil import free_port
 
 SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "dashboard.png"
@@ -75,17 +75,6 @@ class Traffic(threading.Thread):
     def stop(self) -> None:
         self.stopping.set()
         self.join(timeout=5)
-
-
-def _wait(predicate, timeout: float, interval: float = 0.02, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout} s")
-        time.sleep(interval)
 
 
 def _rows(browser) -> dict:

@@ -47,10 +47,16 @@ def _timer(body=3.0, write=5.0, reusable=False):
     return clock, ExchangeTimer(clock, body_limit=body, write_limit=write, reusable=reusable)
 
 
-def test_the_body_wait_fires_after_the_longest_gap_not_the_total():
-    clock, timer = _timer(body=3)
+def _started(read_limit, request_limit=0, body_pending=False, **limits):
+    """A timer started for one exchange: (clock, timer, its owner)."""
+    clock, timer = _timer(**limits)
     owner = _Owner()
-    timer.start(owner, read_limit=10, request_limit=0, body_pending=True)
+    timer.start(owner, read_limit=read_limit, request_limit=request_limit, body_pending=body_pending)
+    return clock, timer, owner
+
+
+def test_the_body_wait_fires_after_the_longest_gap_not_the_total():
+    clock, timer, owner = _started(10, body_pending=True, body=3)
     for _ in range(5):
         clock.advance(2)
         timer.body_piece()
@@ -63,9 +69,7 @@ def test_the_body_wait_fires_after_the_longest_gap_not_the_total():
 
 
 def test_a_body_paused_by_heimdall_is_not_waited_on():
-    clock, timer = _timer(body=3)
-    owner = _Owner()
-    timer.start(owner, read_limit=10, request_limit=0, body_pending=True)
+    clock, timer, owner = _started(10, body_pending=True, body=3)
     timer.body_paused()
     clock.advance(20)
     assert owner.fired == []
@@ -77,18 +81,14 @@ def test_a_body_paused_by_heimdall_is_not_waited_on():
 
 
 def test_a_complete_body_is_not_waited_on():
-    clock, timer = _timer(body=3)
-    owner = _Owner()
-    timer.start(owner, read_limit=10, request_limit=0, body_pending=True)
+    clock, timer, owner = _started(10, body_pending=True, body=3)
     timer.body_done()
     clock.advance(30)
     assert owner.fired == []
 
 
 def test_upstream_read_is_the_gap_between_reads():
-    clock, timer = _timer()
-    owner = _Owner()
-    timer.start(owner, read_limit=2, request_limit=0, body_pending=False)
+    clock, timer, owner = _started(2)
     clock.advance(100)  # before the head: the connection's response timeout, not this
     timer.reading()
     for _ in range(10):
@@ -100,9 +100,7 @@ def test_upstream_read_is_the_gap_between_reads():
 
 
 def test_a_paused_response_waits_on_the_client_not_the_backend():
-    clock, timer = _timer(write=5)
-    owner = _Owner()
-    timer.start(owner, read_limit=1, request_limit=0, body_pending=False)
+    clock, timer, owner = _started(1, write=5)
     timer.reading()
     timer.writes_paused()
     clock.advance(4.9)
@@ -116,9 +114,7 @@ def test_a_paused_response_waits_on_the_client_not_the_backend():
 
 
 def test_the_request_limit_is_the_whole_request_whatever_the_activity():
-    clock, timer = _timer()
-    owner = _Owner()
-    timer.start(owner, read_limit=10, request_limit=4, body_pending=True)
+    clock, timer, owner = _started(10, request_limit=4, body_pending=True)
     for _ in range(3):
         clock.advance(1)
         timer.body_piece()
@@ -132,9 +128,7 @@ def test_the_request_limit_is_the_whole_request_whatever_the_activity():
 
 
 def test_one_delayed_call_however_many_reads():
-    clock, timer = _timer()
-    owner = _Owner()
-    timer.start(owner, read_limit=2, request_limit=0, body_pending=False)
+    clock, timer, owner = _started(2)
     timer.reading()
     calls = set()
     for _ in range(1000):
@@ -147,9 +141,7 @@ def test_one_delayed_call_however_many_reads():
 
 
 def test_a_shorter_wait_moves_the_call_earlier():
-    clock, timer = _timer(body=30)
-    owner = _Owner()
-    timer.start(owner, read_limit=60, request_limit=0, body_pending=True)
+    clock, timer, owner = _started(60, body_pending=True, body=30)
     timer.body_done()
     timer.reading()
     [call] = clock.getDelayedCalls()

@@ -12,14 +12,13 @@ import http.server
 import json
 import ssl
 import threading
-import time
 import urllib.request
 
 import pytest
 import trustme
 
 from tests.netutil import free_port
-from tests.processes import free_base
+from tests.processes import free_base, wait_until
 from tests.tlsutil import write_ca, write_cert
 
 
@@ -74,17 +73,6 @@ def _port(endpoint: str) -> int:
     return int(endpoint.split(":")[1])
 
 
-def _wait(predicate, what, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout} s")
-        time.sleep(0.1)
-
-
 def test_an_https_server_added_by_the_api_takes_the_services_tls(run_heimdall, tmp_path, https_server):
     port, ca_path = https_server
     config = _config(tmp_path, services={"default": {"tls": {"ca": ca_path}}})
@@ -102,7 +90,7 @@ def test_an_https_server_added_by_the_api_takes_the_services_tls(run_heimdall, t
             row = json.loads(response.read())
         return row["health"]["status"] == "up" and row
 
-    row = _wait(health, "health up over TLS")
+    row = wait_until(health, 15.0, 0.1, "health up over TLS")
     assert row["url"] == f"https://127.0.0.1:{port}" and row["health"]["last_check_detail"] == "HTTP 200"
     with urllib.request.urlopen(f"http://127.0.0.1:{_port(config['listen'])}/hi", timeout=5) as response:
         assert json.loads(response.read()) == {"path": "/hi", "proto": "http"}
@@ -123,7 +111,7 @@ def test_verify_false_is_a_warning_at_start_and_works(run_heimdall, tmp_path, ht
         except OSError:
             return False
 
-    _wait(get, "a 200 through an unverified backend")
+    wait_until(get, 15.0, 0.1, "a 200 through an unverified backend")
 
 
 def test_a_missing_ca_file_is_refused_at_start_naming_the_field(run_heimdall, tmp_path):
