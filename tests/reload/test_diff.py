@@ -122,8 +122,16 @@ def test_runtime_changes_stay_on_top_of_the_new_config():
 
 
 def test_the_diffs_are_deterministic():
-    old = _config(services={"a": {}, "b": {}})
-    new = _config(services={"b": {"retries": 1}, "c": {}})
-    assert diff_configs(old, new) == diff_configs(old, new)
+    def configs():
+        return _config(services={"a": {}, "b": {}}), _config(services={"b": {"retries": 1}, "c": {}})
+
+    diff = diff_configs(*configs())
+    assert diff == diff_configs(*configs())  # the same from configs parsed again
+    assert (diff.added_services, diff.removed_services) == (("c",), ("a",))
+    assert [c.name for c in diff.changed_services] == ["b"]
     current, wanted = [_spec(p) for p in (5, 3, 1)], [_spec(p) for p in (2, 3, 4)]
-    assert diff_members(current, wanted) == diff_members(current, wanted)
+    members = diff_members(current, wanted)
+    assert members == diff_members([_spec(p) for p in (5, 3, 1)], [_spec(p) for p in (2, 3, 4)])
+    # In the given orders (wanted for added, current for removed), not sorted.
+    assert [spec.id for spec in members.added] == ["127.0.0.1:2", "127.0.0.1:4"]
+    assert members.removed == ("127.0.0.1:5", "127.0.0.1:1") and members.kept == ("127.0.0.1:3",)
