@@ -168,6 +168,27 @@ def wait_ready(p, ports, timeout=40) -> bool:
 
 # --------------------------------------------------------------- setup ---
 
+def write_backends_conf(tmp, backends, status_port) -> str:
+    """The harness's nginx config for BACKENDS (host:port), written in TMP: its path."""
+    ports = " ".join(b.split(":")[1] for b in backends)
+    subprocess.run(["bash", "-c", f'source "$1/lib/servers.sh"; BACKEND_PORTS=({ports}); '
+                    f'BACKEND_STATUS_PORT={status_port}; write_backends_conf "$2"',
+                    "_", BENCH_DIR, tmp], check=True)
+    return os.path.join(tmp, "backends.conf")
+
+
+def start_nginx_backends(procs, tmp, log):
+    return procs.start("backends", LOAD_CPU, log, [
+        "nginx", "-e", f"{tmp}/backends.error.log", "-p", tmp, "-c", f"{tmp}/backends.conf"])
+
+
+def wait_backends(p, backends, what="backend") -> None:
+    """Exits unless every one of BACKENDS (host:port) answers, served by P."""
+    for b in backends:
+        if not wait_ready(p, [(int(b.split(":")[1]), False)], 15):
+            sys.exit(f"{what} {b} did not start")
+
+
 def make_certs(tmp, key_type):
     d = os.path.join(tmp, "certs")
     os.makedirs(d)
@@ -315,22 +336,13 @@ class Edge:
 
     # ------------------------------------------------------- backends ---
     def start_backends(self) -> None:
-        ports = " ".join(b.split(":")[1] for b in self.http_backends)
-        subprocess.run(["bash", "-c", f'source "$1/lib/servers.sh"; BACKEND_PORTS=({ports}); '
-                        f'BACKEND_STATUS_PORT={self.status_port}; write_backends_conf "$2"',
-                        "_", BENCH_DIR, self.tmp], check=True)
-        self.nginx_be = self.procs.start("backends", LOAD_CPU, self.log("backends"), [
-            "nginx", "-e", f"{self.tmp}/backends.error.log", "-p", self.tmp, "-c",
-            f"{self.tmp}/backends.conf"])
+        write_backends_conf(self.tmp, self.http_backends, self.status_port)
+        self.nginx_be = start_nginx_backends(self.procs, self.tmp, self.log("backends"))
         self.ws_be = self.procs.start("ws-echo", LOAD_CPU, self.log("ws-echo"), [
             sys.executable, os.path.join(HERE, "ws_echo.py"), "--ports",
             ",".join(b.split(":")[1] for b in self.ws_backends)])
-        for b in self.http_backends:
-            if not wait_ready(self.nginx_be, [(int(b.split(":")[1]), False)], 15):
-                sys.exit(f"backend {b} did not start")
-        for b in self.ws_backends:
-            if not wait_ready(self.ws_be, [(int(b.split(":")[1]), False)], 15):
-                sys.exit(f"ws backend {b} did not start")
+        wait_backends(self.nginx_be, self.http_backends)
+        wait_backends(self.ws_be, self.ws_backends, "ws backend")
 
     # ------------------------------------------------------------ LBs ---
     def start_lb(self, lb, kind, round_no):

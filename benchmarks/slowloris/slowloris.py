@@ -146,26 +146,19 @@ class Run:
         return os.path.join(self.out, "logs", name + ".log")
 
     def start_backends(self) -> None:
-        ports = " ".join(b.split(":")[1] for b in self.backends)
-        subprocess.run(["bash", "-c", f'source "$1/lib/servers.sh"; BACKEND_PORTS=({ports}); '
-                        f'BACKEND_STATUS_PORT={self.status_port}; write_backends_conf "$2"',
-                        "_", BENCH_DIR, self.tmp], check=True)
+        conf = edge.write_backends_conf(self.tmp, self.backends, self.status_port)
         # The harness's backends answer without reading a request body, so a
         # slow POST to / ends at once (the LB relays the early answer and
         # drops the rest).  /upload reads the whole body first (echo
         # module), as an upload endpoint does: that is what slow POST targets.
-        conf = os.path.join(self.tmp, "backends.conf")
         text = open(conf).read()
         if "ngx_http_echo_module" not in text:
             sys.exit("the nginx echo module (libnginx-mod-http-echo) is needed for /upload")
         text = re.sub(r"(    location = /64k [^\n]*\n)",
                       r'\1    location = /upload { echo_read_request_body; echo "upload read"; }\n', text)
         open(conf, "w").write(text)
-        self.be = self.procs.start("backends", LOAD_CPU, self.log("backends"), [
-            "nginx", "-e", f"{self.tmp}/backends.error.log", "-p", self.tmp, "-c", f"{self.tmp}/backends.conf"])
-        for b in self.backends:
-            if not edge.wait_ready(self.be, [(int(b.split(":")[1]), False)], 15):
-                sys.exit(f"backend {b} did not start")
+        self.be = edge.start_nginx_backends(self.procs, self.tmp, self.log("backends"))
+        edge.wait_backends(self.be, self.backends)
 
     def start_lb(self, lb, r):
         if not edge.wait_port_free(self.port):
