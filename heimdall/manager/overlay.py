@@ -54,10 +54,6 @@ class Overlay:
     members: Tuple[MemberSpec, ...]
     to_start: Tuple[ServerRecord, ...]
 
-    @property
-    def ids(self) -> Tuple[str, ...]:
-        return tuple(spec.id for spec in self.members) + tuple(record.id for record in self.to_start)
-
 
 def overlay(config_backends: Sequence[Any], state: Optional[State]) -> Overlay:
     """

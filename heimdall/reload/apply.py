@@ -215,6 +215,7 @@ class _Prepared:
     diff: ConfigDiff
     built: Dict[str, BuiltService]
     bound: List[Tuple[Any, Any]]
+    routes: RouteTable
 
 
 @attrs.define(eq=False)
@@ -337,7 +338,7 @@ class Reloader:
             # Every service's TLS to its https backends, its files read again.
             backend_tls = load_backend_tls(new)
             built = {name: self.factory.build(new, name, True, backend_tls.get(name)) for name in diff.added_services}
-            RouteTable.compile(new.routes)
+            routes = RouteTable.compile(new.routes)
         except ConfigError as e:
             raise ConfigRejected(f"invalid configuration in {self.source.path}: {e}",
                                  {"field": e.path, "problem": e.problem, "config_file": self.source.path}) from None
@@ -360,7 +361,7 @@ class Reloader:
             field = e.path if isinstance(e, ConfigError) else field
             raise ConfigRejected(f"cannot apply {self.source.path}: {field}: {problem}",
                                  {"field": field, "problem": problem, "config_file": self.source.path}) from None
-        return _Prepared(loaded, diff, built, bound)
+        return _Prepared(loaded, diff, built, bound, routes)
 
     def _apply(self, prepared: _Prepared) -> Dict[str, Any]:
         """
@@ -396,7 +397,7 @@ class Reloader:
         for name, _, _ in retired:
             self.managers.discard(name)
         self.proxy.router.swap(
-            Routing(RouteTable.compile(new.routes), {name: service.resource for name, service in services.items()})
+            Routing(prepared.routes, {name: service.resource for name, service in services.items()})
         )
         for site in (self.proxy.site, self.proxy.tls_site):
             if site is not None:

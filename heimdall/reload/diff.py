@@ -67,9 +67,6 @@ class ConfigDiff:
     listeners: Tuple[str, ...] = ()
     restart_needed: Tuple[str, ...] = ()
 
-    def changed(self, name: str) -> Optional[ServiceDiff]:
-        return next((change for change in self.changed_services if change.name == name), None)
-
     def as_dict(self) -> Dict[str, object]:
         return {
             "services_added": list(self.added_services),
@@ -96,9 +93,10 @@ def _backend_tls(settings: ServiceConfig) -> Tuple[object, Dict[str, object]]:
     return settings.tls, {entry.backend.id: entry.tls for entry in settings.backends if entry.tls is not None}
 
 
-def _restart_needed(old: Config, new: Config) -> Tuple[str, ...]:
+def _restart_needed(
+    old: Config, new: Config, old_services: Dict[str, ServiceConfig], new_services: Dict[str, ServiceConfig]
+) -> Tuple[str, ...]:
     keys = []
-    old_services, new_services = service_configs(old), service_configs(new)
     for name, settings in new_services.items():
         # A kept service's TLS to its backends is built at start.
         if name in old_services and _backend_tls(old_services[name]) != _backend_tls(settings):
@@ -141,7 +139,7 @@ def diff_configs(old: Config, new: Config) -> ConfigDiff:
         changed_services=tuple(changed),
         routes=old.routes != new.routes,
         listeners=tuple(listeners),
-        restart_needed=_restart_needed(old, new),
+        restart_needed=_restart_needed(old, new, old_services, new_services),
     )
 
 
