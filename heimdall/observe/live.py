@@ -401,10 +401,9 @@ class LiveFeed:
 
     def add_service(self, name: str, pool: BackendPool, alerts: Any = None) -> Callable[[], None]:
         """
-        Follow a service that came after the start (a reload added it):
-        its pool's events and C{alerts} (its L{AlertDispatcher}) from now
-        on.  Returns the function that forgets it again (the reload
-        removed it).
+        Follow a service, at start or when a reload adds it: its pool's
+        events and C{alerts} (its L{AlertDispatcher}) from now on.  Returns
+        the function that forgets it again (a reload removed it).
         """
         self.pools[name] = pool
         undo_alerts = self.watch_alerts(name, alerts) if alerts is not None else (lambda: None)
